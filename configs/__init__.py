@@ -1,0 +1,1 @@
+"""Experiment configs: `get_config(preset)` returning an ml_collections.ConfigDict."""

@@ -1,0 +1,18 @@
+"""MNIST, conv VAE with a 7x7x4 spatial latent, dynamically binarized, Bernoulli decoder.
+
+Run (offline, the 10k MNIST test split carved 8k train+validation / 2k test):
+  python train.py --config configs/mnist.py --workdir runs/mnist \
+      --config.data.idx_dir=../shared/data/mnist
+  python sample.py --workdir runs/mnist
+Smoke preset (what tests use): --config configs/mnist.py:smoke
+Expected runtime and result on the 2-core CPU: see README "Results".
+"""
+
+from configs import base
+
+
+def get_config(preset: str = ""):
+    config = base.get_base_config()
+    config.data.name = "mnist"
+    config.data.validation_size = 1000  # sized for the offline 8k copy; ~8% of any train set
+    return base.finish(config, preset)

@@ -1,0 +1,46 @@
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import fashion_mnist, mnist, mnist_mlp
+from vae import models, train_lib
+
+
+@pytest.mark.parametrize("module, latent, out_channels", [
+    (mnist, (7, 7, 2), 1),          # conv, Bernoulli
+    (mnist_mlp, (16,), 1),          # mlp, Bernoulli
+    (fashion_mnist, (7, 7, 2), 2),  # conv, discretized logistic (mean, log-scale)
+])
+def test_shapes(module, latent, out_channels):
+    config = module.get_config("smoke")
+    model = train_lib.create_vae(config)
+    x = jnp.zeros((3, 28, 28, 1))
+    mean, logvar, z, out = model(x, jax.random.key(0))
+    assert mean.shape == logvar.shape == z.shape == (3, *latent)
+    assert model.latent_shape == latent
+    assert out.shape == (3, 28, 28, out_channels)
+
+
+def test_mlp_with_two_latent_dims():
+    config = mnist_mlp.get_config("smoke")
+    config.vae.latent_dim = 2
+    mean, _, _, out = train_lib.create_vae(config)(jnp.zeros((2, 28, 28, 1)), jax.random.key(0))
+    assert mean.shape == (2, 2) and out.shape == (2, 28, 28, 1)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 4), (7, 7, 0), (7, 7)])
+def test_latent_shape_that_does_not_fit_the_conv_decoder(shape):
+    config = mnist.get_config("smoke")
+    config.vae.latent_shape = shape
+    with pytest.raises(models.ConfigError, match=r"config.vae.latent_shape=.*\(7, 7, c\)"):
+        train_lib.create_vae(config)
+
+
+def test_bad_arch_and_latent_dim():
+    config = mnist_mlp.get_config("smoke")
+    config.vae.latent_dim = -3
+    with pytest.raises(models.ConfigError, match="latent_dim=-3"):
+        train_lib.create_vae(config)
+    config.vae.arch = "transformer"
+    with pytest.raises(models.ConfigError, match="arch='transformer'"):
+        train_lib.create_vae(config)

@@ -1,0 +1,27 @@
+"""Train a VAE and/or fit learned priors to its latents.
+
+  python train.py --config configs/mnist.py --workdir runs/mnist \
+      [--config.data.idx_dir=../shared/data/mnist] [--config.stage=vae|prior|all]
+
+A workdir that already has checkpoints is resumed. User mistakes (bad config values, missing
+or corrupt data, a workdir of another model) end with one clear message and exit code 2.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vae import cli, train_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, checkpoints, metrics, samples.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,1 @@
+"""VAEs with learned latent priors: data, models, losses, training, checkpoints, analysis."""

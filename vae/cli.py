@@ -1,0 +1,47 @@
+"""What train.py and sample.py share: flag parsing and one clear message per user mistake."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from vae import checkpoint, input_pipeline, models, train_lib
+
+# Mistakes a user can fix from the message alone: no traceback for these.
+USER_ERRORS = (
+    input_pipeline.DataError,
+    models.ConfigError,
+    train_lib.TrainingError,
+    checkpoint.CheckpointError,
+    FileNotFoundError,
+)
+
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections reports an unknown --config.x.y key as AttributeError/KeyError.
+        message = str(e).strip("\"'")
+        print(f"error: bad flag: {message}. Run with --helpfull for the flags; config keys are "
+              "the fields of the config file's get_config().", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(main):
+    """app.run(main) with flag errors and USER_ERRORS printed as one line, exit code 2."""
+
+    def wrapped(argv):
+        absl_logging.set_verbosity(absl_logging.WARNING)  # hides orbax's per-save INFO chatter
+        for name in ("vae", "priors"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        try:
+            main(argv)
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(wrapped, flags_parser=_parse_flags)

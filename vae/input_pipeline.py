@@ -1,0 +1,242 @@
+"""Datasets as numpy arrays: MNIST and Fashion-MNIST from local IDX files or TFDS.
+
+Images stay uint8 (N, 28, 28, 1) on the host and on the device; the training step turns
+them into floats in [0, 1] (or binarizes them dynamically), so a whole MNIST-sized split
+costs 47 MB of device memory, not 188 MB.
+
+Where the data comes from, in order (`resolve_source`):
+  1. `config.data.idx_dir`, when given (IDX `.gz` files, read with numpy, no TensorFlow);
+  2. data TFDS already has prepared (`tfds.data_source`, no TensorFlow);
+  3. known local places (Debian's `/usr/share/datasets/fashion-mnist`);
+  4. a TFDS download through our own IDX builder (`vae.tfds_idx`), only if the network
+     answers within seconds; offline this fails fast with a message naming
+     `--config.data.idx_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import logging
+import os
+import socket
+import struct
+
+import numpy as np
+
+DATASETS = ("mnist", "fashion_mnist")
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+
+# Local places where a distribution package puts the IDX files.
+KNOWN_LOCAL_DIRS = {
+    "fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
+    "mnist": ("/usr/share/datasets/mnist",),
+}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# Held-out share when an idx_dir has only the test split (the MNIST copy in ../shared):
+# its last TEST_ONLY_HOLDOUT images become our test split, the rest train + validation.
+TEST_ONLY_HOLDOUT = 2000
+
+_IDX_DTYPES = {0x08: np.uint8}
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message names the file or flag to fix."""
+
+
+@dataclasses.dataclass
+class Split:
+    images: np.ndarray  # (N, 28, 28, 1) uint8
+    labels: np.ndarray  # (N,) int32
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+    name: str
+    train: Split
+    validation: Split
+    test: Split
+    source: str  # human-readable provenance, logged and stored in reports
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "validation", "test"):
+            raise DataError(f"unknown split {name!r}; expected train, validation or test")
+        return getattr(self, name)
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+
+def read_idx(path: str, expected_ndim: int | None = None) -> np.ndarray:
+    """Reads one (optionally gzipped) IDX file, validating magic number, dims and size."""
+    if not os.path.isfile(path):
+        raise DataError(f"IDX file not found: {path}")
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # truncated or not gzip at all
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(raw) < 4:
+        raise DataError(f"IDX file {path} is {len(raw)} bytes long; too short for a header")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code not in _IDX_DTYPES or not 1 <= ndim <= 4:
+        raise DataError(
+            f"IDX file {path} has a bad magic number {raw[:4].hex()} "
+            "(expected 0000 08 0N: unsigned bytes, N dimensions)"
+        )
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise DataError(f"IDX file {path} has {ndim} dimensions, expected {expected_ndim}")
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    count = int(np.prod(dims))
+    if len(raw) - header != count:
+        raise DataError(
+            f"IDX file {path} declares dims {dims} ({count} bytes of data) "
+            f"but holds {len(raw) - header} bytes: truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_idx_pair(images_path: str, labels_path: str) -> Split:
+    images = read_idx(images_path, expected_ndim=3)
+    labels = read_idx(labels_path, expected_ndim=1)
+    if images.shape[1:] != IMAGE_SHAPE[:2]:
+        raise DataError(f"IDX file {images_path} holds {images.shape[1:]} images, expected 28x28")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
+        )
+    if labels.max(initial=0) >= NUM_CLASSES:
+        raise DataError(f"IDX file {labels_path} has labels up to {labels.max()}, expected 0-9")
+    return Split(images[..., None].copy(), labels.astype(np.int32))
+
+
+def _has_split(idx_dir: str, split: str) -> bool:
+    return all(os.path.exists(os.path.join(idx_dir, f)) for f in IDX_FILES[split])
+
+
+def load_idx_dir(idx_dir: str) -> tuple[Split, Split, str]:
+    """Returns (train_or_None, test, note) from a directory of IDX .gz files."""
+    if not os.path.isdir(idx_dir):
+        raise DataError(f"config.data.idx_dir={idx_dir!r} is not a directory")
+    if not _has_split(idx_dir, "test"):
+        wanted = ", ".join(IDX_FILES["test"] + IDX_FILES["train"])
+        raise DataError(
+            f"config.data.idx_dir={idx_dir!r} holds no IDX test split; expected the files {wanted}"
+        )
+    test = read_idx_pair(*(os.path.join(idx_dir, f) for f in IDX_FILES["test"]))
+    train = None
+    if _has_split(idx_dir, "train"):
+        train = read_idx_pair(*(os.path.join(idx_dir, f) for f in IDX_FILES["train"]))
+    return train, test, f"IDX files in {idx_dir}"
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def _load_tfds_prepared(name: str, data_dir: str | None):
+    """Data TFDS has prepared already (official or our IDX builder), or None. No TensorFlow."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:  # pragma: no cover - tfds is a core dependency
+        return None
+    from vae import tfds_idx
+
+    for builder_name in (name, tfds_idx.builder_name(name)):
+        try:
+            sources = tfds.data_source(builder_name, data_dir=data_dir or None, download=False)
+            splits = {k: _split_from_source(sources[k]) for k in ("train", "test")}
+        except Exception:  # not prepared, not registered, or needs TF: try the next one
+            continue
+        return splits["train"], splits["test"], f"TFDS {builder_name} ({data_dir or 'default dir'})"
+    return None
+
+
+def _split_from_source(source) -> Split:
+    items = source.__getitems__(range(len(source)))
+    images = np.stack([np.asarray(it["image"], np.uint8) for it in items]).reshape(-1, *IMAGE_SHAPE)
+    labels = np.asarray([it["label"] for it in items], np.int32)
+    return Split(images, labels)
+
+
+def _network_reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _download_with_tfds(name: str, data_dir: str | None):
+    from vae import tfds_idx
+
+    if not _network_reachable(tfds_idx.network_host(name)):
+        raise DataError(
+            f"dataset {name!r}: no local copy found and the network is unreachable, so TFDS "
+            "cannot download it. Point at local IDX .gz files with "
+            "--config.data.idx_dir=DIR (e.g. ../shared/data/mnist, or "
+            "/usr/share/datasets/fashion-mnist after `apt-get install dataset-fashion-mnist`)."
+        )
+    return tfds_idx.prepare_and_load(name, data_dir=data_dir)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _carve(split: Split, size: int, seed: int) -> tuple[Split, Split]:
+    """Deterministically moves `size` examples (chosen by `seed`) out of `split`."""
+    if not 0 < size < len(split):
+        raise DataError(f"config.data.validation_size={size} must be in (0, {len(split)})")
+    perm = np.random.default_rng(seed).permutation(len(split))
+    rest, held = np.sort(perm[size:]), np.sort(perm[:size])
+    return Split(split.images[rest], split.labels[rest]), Split(split.images[held], split.labels[held])
+
+
+def resolve_source(name, idx_dir="", tfds_data_dir=""):
+    """(train_or_None, test, note) from the first source that has the data."""
+    if idx_dir:
+        return load_idx_dir(idx_dir)
+    found = _load_tfds_prepared(name, tfds_data_dir)
+    if found is not None:
+        return found
+    for local in KNOWN_LOCAL_DIRS.get(name, ()):
+        if _has_split(local, "test"):
+            return load_idx_dir(local)
+    return _download_with_tfds(name, tfds_data_dir)
+
+
+def load_dataset(data_config) -> Dataset:
+    """Loads train/validation/test for `config.data` (see configs/)."""
+    name = data_config.name
+    if name not in DATASETS:
+        raise DataError(f"config.data.name={name!r} is not a known dataset; expected one of {DATASETS}")
+    train, test, source = resolve_source(name, data_config.idx_dir, data_config.get("tfds_data_dir", ""))
+    if train is None:
+        # Only a test split (e.g. ../shared/data/mnist): carve train/test from it, fixed order.
+        n = len(test)
+        holdout = min(TEST_ONLY_HOLDOUT, n // 5)
+        train = Split(test.images[: n - holdout], test.labels[: n - holdout])
+        test = Split(test.images[n - holdout :], test.labels[n - holdout :])
+        source += f" (test split only: first {n - holdout} images used as train, last {holdout} as test)"
+        log.warning("%s: %s", name, source)
+    train, validation = _carve(train, data_config.validation_size, data_config.split_seed)
+    if data_config.get("num_train", 0):
+        train = Split(train.images[: data_config.num_train], train.labels[: data_config.num_train])
+    log.info(
+        "%s from %s: train %d, validation %d, test %d", name, source, len(train), len(validation), len(test)
+    )
+    return Dataset(name, train, validation, test, source)
+
+
+def to_float(images_uint8):
+    """uint8 images -> float32 in [0, 1]; works on numpy and jax arrays."""
+    return images_uint8.astype("float32") / 255.0

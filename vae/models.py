@@ -1,0 +1,154 @@
+"""Flax NNX encoders/decoders and the VAE that holds them.
+
+Two families:
+  * `mlp`:  vector latent (d,), dense layers;
+  * `conv`: spatial latent (H/4, W/4, c), two stride-2 convolutions each way: the shape the
+    PixelCNN prior models.
+The posterior is a diagonal Gaussian (mean, log-variance). The decoder returns raw
+parameters per pixel; `vae.losses` turns them into a likelihood: 1 channel (Bernoulli
+logits) or 2 channels (discretized-logistic mean and log-scale).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LIKELIHOOD_CHANNELS = {"bernoulli": 1, "logistic": 2}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field."""
+
+
+class MLPEncoder(nnx.Module):
+    def __init__(self, image_shape, hidden, latent_dim, *, rngs):
+        sizes = [math.prod(image_shape), *hidden]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.out = nnx.Linear(sizes[-1], 2 * latent_dim, rngs=rngs)
+
+    def __call__(self, x):
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.layers:
+            h = nnx.gelu(layer(h))
+        return jnp.split(self.out(h), 2, axis=-1)
+
+
+class MLPDecoder(nnx.Module):
+    def __init__(self, image_shape, hidden, latent_dim, out_channels, *, rngs):
+        sizes = [latent_dim, *reversed(hidden)]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.out_shape = (*image_shape[:2], out_channels)
+        self.out = nnx.Linear(sizes[-1], math.prod(self.out_shape), rngs=rngs)
+
+    def __call__(self, z):
+        h = z
+        for layer in self.layers:
+            h = nnx.gelu(layer(h))
+        return self.out(h).reshape(z.shape[0], *self.out_shape)
+
+
+def depth_to_space(x, r: int = 2):
+    """(B, H, W, r*r*C) -> (B, r*H, r*W, C): sub-pixel upsampling (no transposed conv).
+
+    On XLA:CPU a stride-2 transposed conv computes over the zero-dilated input; this
+    upsampling measured 5.7x faster for the whole VAE step (benchmarks/ has the figures).
+    """
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, r, r, c // (r * r))
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
+
+
+class ConvEncoder(nnx.Module):
+    def __init__(self, image_shape, channels, latent_channels, *, rngs):
+        c1, c2 = channels
+        self.down1 = nnx.Conv(image_shape[-1], c1, (3, 3), strides=2, rngs=rngs)  # 28 -> 14
+        self.down2 = nnx.Conv(c1, c2, (3, 3), strides=2, rngs=rngs)  # 14 -> 7
+        self.out = nnx.Conv(c2, 2 * latent_channels, (3, 3), rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.gelu(self.down1(x))
+        h = nnx.gelu(self.down2(h))
+        return jnp.split(self.out(h), 2, axis=-1)
+
+
+class ConvDecoder(nnx.Module):
+    def __init__(self, image_shape, channels, latent_channels, out_channels, *, rngs):
+        c1, c2 = channels
+        self.conv_in = nnx.Conv(latent_channels, c2, (3, 3), rngs=rngs)
+        self.up1 = nnx.Conv(c2, 4 * c1, (3, 3), rngs=rngs)  # 7 -> 14 after depth_to_space
+        self.up2 = nnx.Conv(c1, 4 * c1, (3, 3), rngs=rngs)  # 14 -> 28
+        self.out = nnx.Conv(c1, out_channels, (3, 3), rngs=rngs)
+
+    def __call__(self, z):
+        h = nnx.gelu(self.conv_in(z))
+        h = depth_to_space(nnx.gelu(self.up1(h)))
+        h = depth_to_space(nnx.gelu(self.up2(h)))
+        return self.out(h)
+
+
+class VAE(nnx.Module):
+    """q(z|x) = N(mean, exp(logvar)) and a decoder giving p(x|z)'s parameters."""
+
+    def __init__(self, encoder, decoder, latent_shape, likelihood):
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_shape = tuple(latent_shape)
+        self.likelihood = likelihood
+
+    def encode(self, x):
+        """x: (B, 28, 28, 1) in [0, 1] -> mean, logvar: (B, *latent_shape)."""
+        mean, logvar = self.encoder(x)
+        return mean, jnp.clip(logvar, -12.0, 8.0)  # keeps exp(logvar) finite in fp32
+
+    def decode(self, z):
+        """z: (B, *latent_shape) -> decoder output (B, 28, 28, channels)."""
+        return self.decoder(z)
+
+    def __call__(self, x, key):
+        mean, logvar = self.encode(x)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        return mean, logvar, z, self.decode(z)
+
+
+def latent_shape_from_config(vae_config, image_shape) -> tuple[int, ...]:
+    if vae_config.arch == "mlp":
+        if vae_config.latent_dim < 1:
+            raise ConfigError(f"config.vae.latent_dim={vae_config.latent_dim} must be >= 1")
+        return (int(vae_config.latent_dim),)
+    if vae_config.arch == "conv":
+        shape = tuple(int(s) for s in vae_config.latent_shape)
+        want = (image_shape[0] // 4, image_shape[1] // 4)
+        if len(shape) != 3 or shape[:2] != want or shape[2] < 1:
+            raise ConfigError(
+                f"config.vae.latent_shape={shape} does not fit the conv decoder: it downsamples "
+                f"{image_shape[:2]} images by 4, so the latent must be ({want[0]}, {want[1]}, c) "
+                "with c >= 1"
+            )
+        return shape
+    raise ConfigError(f"config.vae.arch={vae_config.arch!r} is unknown; expected 'mlp' or 'conv'")
+
+
+def likelihood_from_config(data_config) -> str:
+    """Binarized data -> Bernoulli; 8-bit data -> discretized logistic (bits/dim reported)."""
+    return "bernoulli" if data_config.binarize else "logistic"
+
+
+def build_vae(config, image_shape, *, rngs: nnx.Rngs) -> VAE:
+    """The VAE described by `config.vae` (and the likelihood implied by `config.data`)."""
+    vc = config.vae
+    latent_shape = latent_shape_from_config(vc, image_shape)
+    likelihood = likelihood_from_config(config.data)
+    out_channels = LIKELIHOOD_CHANNELS[likelihood] * image_shape[-1]
+    if vc.arch == "mlp":
+        hidden = tuple(vc.hidden)
+        encoder = MLPEncoder(image_shape, hidden, latent_shape[0], rngs=rngs)
+        decoder = MLPDecoder(image_shape, hidden, latent_shape[0], out_channels, rngs=rngs)
+    else:
+        channels = tuple(vc.channels)
+        encoder = ConvEncoder(image_shape, channels, latent_shape[-1], rngs=rngs)
+        decoder = ConvDecoder(image_shape, channels, latent_shape[-1], out_channels, rngs=rngs)
+    return VAE(encoder, decoder, latent_shape, likelihood)

@@ -1,0 +1,168 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from ml_collections import ConfigDict
+
+import priors
+from configs import base
+from priors import gmm as gmm_lib
+from priors import mixture
+from tests.conftest import read_metrics
+from vae import prior_lib
+
+
+def small(name, shape, **kw):
+    c = base.apply_smoke(base.get_base_config()).prior
+    for k, v in kw.items():
+        c[name][k] = v
+    return priors.build(name, shape, c, seed=1)
+
+
+@pytest.mark.parametrize("name, shape", [("pixelcnn", (3, 3, 2)), ("pixelcnn", (2, 4, 1)), ("made", (6,))])
+def test_autoregressive_property(name, shape):
+    prior = small(name, shape)
+    # random, non-trivial weights everywhere
+    state = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(a.size), a.shape), nnx.state(prior, nnx.Param))
+    nnx.update(prior, state)
+    size = math.prod(shape)
+    f = lambda z: prior.params(z.reshape(1, *shape))[0].sum(-1).reshape(-1)  # mixture params summed per element
+    jac = np.abs(np.asarray(jax.jacobian(f)(jax.random.normal(jax.random.key(0), (size,)))))
+    assert jac.shape == (size, size)
+    assert np.all(np.triu(jac) == 0.0)  # element i ignores every element at or after i
+    assert np.all(np.tril(jac, -1)[1:].max(axis=1) > 0)  # and uses some element before it
+
+
+def grid_mass(prior, lim=14.0, n=561):
+    g = np.linspace(-lim, lim, n)
+    zz = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    logp = prior.log_prob(jnp.asarray(zz).reshape(-1, *prior.latent_shape))
+    return float(jnp.exp(logp).sum()) * (g[1] - g[0]) ** 2
+
+
+@pytest.mark.parametrize("name, shape, kw", [
+    ("standard_normal", (2,), {}),
+    ("made", (2,), {}),
+    ("pixelcnn", (1, 2, 1), {}),
+    ("pixelcnn", (1, 1, 2), {}),
+    ("gmm", (2,), {"covariance": "full"}),
+    ("gmm", (2,), {"covariance": "diag"}),
+])
+def test_density_integrates_to_one(name, shape, kw):
+    prior = small(name, shape, **kw)
+    if name == "gmm":
+        x = jax.random.normal(jax.random.key(0), (500, 2)) * jnp.array([1.0, 2.0]) + 1.0
+        gmm_lib.fit(prior, jax.random.key(1), x.reshape(-1, *shape), 10)
+    elif name != "standard_normal":
+        # Random weights, shrunk so that the conditionals' tails (their scales grow with
+        # |z|) stay inside the integration grid; any weights give a normalized density.
+        nnx.update(prior, jax.tree.map(lambda a: 0.3 * a, nnx.state(prior, nnx.Param)))
+    assert abs(grid_mass(prior) - 1.0) < 0.01
+
+
+def mixture_data(key, n):
+    """4 Gaussians at (+-2, +-2), std 0.5: a known non-Gaussian density."""
+    centers = jnp.array([[2.0, 2.0], [-2.0, 2.0], [2.0, -2.0], [-2.0, -2.0]])
+    k1, k2 = jax.random.split(key)
+    return centers[jax.random.randint(k1, (n,), 0, 4)] + 0.5 * jax.random.normal(k2, (n, 2))
+
+
+def true_log_prob(x):
+    centers = jnp.array([[2.0, 2.0], [-2.0, 2.0], [2.0, -2.0], [-2.0, -2.0]])
+    d = ((x[:, None, :] - centers[None]) / 0.5) ** 2
+    return jax.nn.logsumexp(-0.5 * d.sum(-1) - 2 * math.log(0.5) - math.log(2 * math.pi), axis=-1) - math.log(4)
+
+
+def fit_config(name):
+    c = base.get_base_config()
+    c.prior.name = name
+    c.prior.fit_target = "mean"  # fit the points themselves
+    c.prior.num_epochs = 25
+    c.prior.batch_size = 256
+    c.prior.learning_rate = 3e-3
+    c.prior.made.hidden = (64, 64)
+    c.prior.made.num_mixtures = 4
+    c.prior.gmm.num_components = 4
+    return c
+
+
+@pytest.mark.parametrize("name", ["made", "gmm"])
+def test_fitting_recovers_a_known_density(name, tmp_path):
+    train = mixture_data(jax.random.key(0), 20000)
+    held = mixture_data(jax.random.key(1), 20000)
+    entropy = -float(true_log_prob(held).mean())
+    config = fit_config(name)
+    prior = priors.build(name, (2,), config.prior, seed=0)
+    logvar = jnp.full_like(train, -jnp.inf)
+    (tmp_path / "priors").mkdir()
+    if name == "gmm":
+        prior = prior_lib.fit_gmm(config, str(tmp_path), name, prior, train, logvar, held, jax.random.key(2))
+    else:
+        prior = prior_lib.fit_autoregressive(config, str(tmp_path), name, prior, train, logvar, held, jax.random.key(2))
+    nll = prior_lib.heldout_nll(prior, held)
+    normal = prior_lib.heldout_nll(priors.StandardNormal((2,)), held)
+    cov = np.cov(np.asarray(train).T)
+    single = -float(jax.scipy.stats.multivariate_normal.logpdf(held, train.mean(0), cov).mean())
+    assert abs(nll - entropy) < 0.05, (nll, entropy)
+    assert nll < single - 0.5 and nll < normal - 0.5
+
+
+def test_gmm_em_log_likelihood_never_decreases():
+    x = mixture_data(jax.random.key(3), 3000)
+    for cov in ("full", "diag"):
+        g = priors.GMM((2,), num_components=6, covariance=cov, reg=0.0)
+        _, trace = gmm_lib.fit(g, jax.random.key(4), x, 40)
+        assert np.all(np.diff(np.asarray(trace)) >= -1e-4), cov
+
+
+def test_mixture_head_log_prob_matches_its_sampler():
+    params = jnp.array([0.3, -0.5, 1.0, -2.0, 0.5, 1.5, -1.0, -0.3, 0.2])  # K=3
+    draws = mixture.sample(jax.random.key(0), jnp.broadcast_to(params, (100000, 9)))
+    grid = jnp.linspace(-12, 12, 4001)
+    density = jnp.exp(mixture.log_prob(jnp.broadcast_to(params, (4001, 9)), grid))
+    model_mean = float(jnp.sum(grid * density) * (grid[1] - grid[0]))
+    assert abs(float(draws.mean()) - model_mean) < 0.03
+
+
+def test_fast_and_naive_sampling_agree():
+    prior = small("pixelcnn", (4, 4, 3))
+    graphdef, state = nnx.split(prior)
+    sample = jax.jit(lambda s, k, mode: nnx.merge(graphdef, s).sample(k, 64, mode=mode), static_argnums=2)
+    fast, naive = sample(state, jax.random.key(5), "fast"), sample(state, jax.random.key(5), "naive")
+    # Same key, same element order, same draws: they differ only by float rounding of the
+    # same convolutions computed on one row instead of the whole canvas.
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(naive), atol=1e-4, rtol=1e-4)
+    assert not np.allclose(np.asarray(fast), np.asarray(sample(state, jax.random.key(6), "fast")))
+
+
+def test_smoke_priors_beat_standard_normal_and_match_latent_moments(smoke_workdir):
+    nll = {}
+    for m in read_metrics(smoke_workdir):
+        if m.get("split") == "validation" and "prior" in m:
+            nll[m["prior"]] = (m[f"latent_nll/{m['prior']}"], m["latent_nll/standard_normal"])
+    assert set(nll) == {"gmm", "pixelcnn"}
+    for name, (learned, normal) in nll.items():
+        assert learned < normal - 3.0, (name, learned, normal)  # nats per example
+    # samples of the fitted PixelCNN have the training latents' moments
+    config, vae = prior_lib.load_vae(str(smoke_workdir))
+    from vae import input_pipeline
+
+    ds = input_pipeline.load_dataset(config.data)
+    mean, logvar = prior_lib.encode_split(vae, ds.train.images, True, seed=0)
+    z = prior_lib.draw_latents(jax.random.key(0), mean, logvar, "sample")
+    prior = prior_lib.load_prior(str(smoke_workdir), "pixelcnn", vae.latent_shape)
+    s = jax.jit(lambda k: prior.sample(k, 2000))(jax.random.key(1))
+    per_channel = lambda a: (np.asarray(a).mean(axis=(0, 1, 2)), np.asarray(a).std(axis=(0, 1, 2)))
+    (m_z, s_z), (m_s, s_s) = per_channel(z), per_channel(s)
+    np.testing.assert_allclose(m_s, m_z, atol=0.15)
+    np.testing.assert_allclose(s_s, s_z, rtol=0.15)
+
+
+def test_prior_for_another_latent_shape_is_refused(smoke_workdir):
+    with pytest.raises(prior_lib.PriorError, match=r"latent shape \(7, 7, 2\).*\(7, 7, 3\)"):
+        prior_lib.load_prior(str(smoke_workdir), "pixelcnn", (7, 7, 3))
+    with pytest.raises(prior_lib.PriorError, match="not a learned prior"):
+        prior_lib.prior_names(ConfigDict(dict(name="gmm,flow")))

@@ -34,17 +34,18 @@ class GMM(nnx.Module):
         self.scale = GMMParam(jnp.broadcast_to(jnp.eye(d), (k, d, d)) if covariance == "full" else jnp.ones((k, d)))
 
     def component_log_probs(self, x):
-        """x (N, D) -> (N, K) log N(x; mu_k, Sigma_k)."""
+        """x (N, D) -> (N, K) log N(x; mu_k, Sigma_k), as matmuls (no (N, K, D) tensor)."""
         d = x.shape[-1]
-        diff = x[:, None, :] - self.means[...][None]  # (N, K, D)
+        means = self.means[...]
         if self.covariance == "diag":
-            var = self.scale[...]
-            maha = jnp.sum(diff**2 / var[None], axis=-1)
-            log_det = jnp.sum(jnp.log(var), axis=-1)
+            prec = 1.0 / self.scale[...]
+            maha = (x**2) @ prec.T - 2.0 * x @ (means * prec).T + jnp.sum(means**2 * prec, -1)[None]
+            log_det = -jnp.sum(jnp.log(prec), axis=-1)
         else:
             chol = self.scale[...]
-            sol = jax.vmap(lambda c, r: jax.scipy.linalg.solve_triangular(c, r.T, lower=True).T, in_axes=(0, 1), out_axes=1)(chol, diff)
-            maha = jnp.sum(sol**2, axis=-1)
+            # Sigma_k^-1 = A_k^T A_k with A_k = chol_k^-1: Mahalanobis = |A_k (x - mu_k)|^2.
+            inv = jax.vmap(lambda c: jax.scipy.linalg.solve_triangular(c, jnp.eye(d), lower=True))(chol)
+            maha = jax.lax.map(lambda a: jnp.sum((x @ a[0].T - a[0] @ a[1]) ** 2, -1), (inv, means)).T
             log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
         return -0.5 * (d * LOG_2PI + log_det[None] + maha)
 

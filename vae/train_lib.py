@@ -209,8 +209,11 @@ def save_image_grids(model, x_eval, key, workdir: str, step: int, n: int) -> Non
     recon = losses.decoder_mean(model.likelihood, model.decode(mean))
     z = jax.random.normal(key, (n, *model.latent_shape))
     samples = losses.decoder_mean(model.likelihood, model.decode(z))
-    pairs = np.concatenate([np.asarray(x), np.asarray(recon)], axis=0)
-    plotting.save_grid(pairs, os.path.join(workdir, "samples", f"reconstructions_{step:07d}.png"), ncol=n // 2 or 1)
+    ncol = 8  # rows alternate: 8 originals, then their 8 reconstructions
+    rows = n // ncol
+    pairs = np.stack([np.asarray(x)[: rows * ncol], np.asarray(recon)[: rows * ncol]], 1)
+    pairs = pairs.reshape(rows, ncol, 2, *x.shape[1:]).transpose(0, 2, 1, 3, 4, 5).reshape(-1, *x.shape[1:])
+    plotting.save_grid(pairs, os.path.join(workdir, "samples", f"reconstructions_{step:07d}.png"), ncol=ncol)
     plotting.save_grid(samples, os.path.join(workdir, "samples", f"prior_samples_{step:07d}.png"))
 
 

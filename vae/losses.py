@@ -104,11 +104,13 @@ def elbo(x, mean, logvar, z, decoder_out, likelihood, *, beta=1.0, kl="analytic"
     return {"elbo": recon - kl_term, "recon": recon, "kl": kl_term, "loss": -(recon - beta * kl_term)}
 
 
-def iwae_bound(encode, decode, likelihood, x, key, *, k, log_prior=standard_normal_log_prob, chunk=None):
+def iwae_bound(encode, decode, likelihood, x, key, *, k, log_prior=standard_normal_log_prob, chunk=None,
+               with_elbo=False):
     """log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) -> (B,) nats.
 
     The k samples are drawn `chunk` at a time inside a `lax.scan`, keeping a running
-    log-sum-exp, so memory is O(B * chunk) whatever k is.
+    log-sum-exp, so memory is O(B * chunk) whatever k is. With `with_elbo`, also returns
+    the ELBO estimated from the same k draws (the mean of the log weights).
     """
     chunk = min(chunk or k, k)
     if k % chunk:
@@ -126,8 +128,11 @@ def iwae_bound(encode, decode, likelihood, x, key, *, k, log_prior=standard_norm
             + log_prior(z)
             - gaussian_log_prob(z, rep(mean), rep(logvar))
         ).reshape(chunk, batch)
-        return jnp.logaddexp(carry, jax.nn.logsumexp(log_w, axis=0)), None
+        lse, total = carry
+        return (jnp.logaddexp(lse, jax.nn.logsumexp(log_w, axis=0)), total + jnp.sum(log_w, axis=0)), None
 
-    init = jnp.full((batch,), -jnp.inf)
-    total, _ = jax.lax.scan(body, init, jax.random.split(key, k // chunk))
-    return total - math.log(k)
+    init = (jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)))
+    (lse, total), _ = jax.lax.scan(body, init, jax.random.split(key, k // chunk))
+    if with_elbo:
+        return lse - math.log(k), total / k
+    return lse - math.log(k)

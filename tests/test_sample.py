@@ -1,0 +1,91 @@
+import json
+import os
+import shutil
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from tests.conftest import read_metrics
+from tests.test_train import run_cli
+from vae import report
+
+N = 500
+
+
+@pytest.fixture(scope="session")
+def smoke_report(smoke_workdir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return out, report.compare(str(smoke_workdir), str(out), n_samples=N, k=10, command="test")
+
+
+def test_writes_every_file(smoke_report):
+    out, rep = smoke_report
+    names = ["standard_normal", "gmm", "pixelcnn"]
+    assert list(rep["priors"]) == names
+    for name in names:
+        img = plt.imread(out / f"samples_{name}.png")
+        assert img.shape[0] > 100 and img.std() > 0.01  # a real grid, not a blank
+        npz = np.load(out / f"samples_{name}.npz")
+        assert npz["z"].shape == (N, 7, 7, 2) and npz["images"].shape == (N, 28, 28, 1)
+    assert plt.imread(out / "comparison.png").shape[1] > plt.imread(out / "comparison.png").shape[0]
+    on_disk = json.loads((out / "report.json").read_text())
+    assert {"dataset", "n_samples", "vae", "priors", "classifier", "command"} <= set(on_disk)
+    assert 0.5 < on_disk["classifier"]["test_accuracy"] <= 1.0
+    for r in on_disk["priors"].values():
+        for key in ("nll_iwae", "elbo", "marginal_kl", "mutual_info", "fd_classifier", "precision", "recall",
+                    "label_entropy", "class_frequencies", "prior_hole_rate"):
+            assert key in r and np.all(np.isfinite(r[key]))
+    table = (out / "report.md").read_text()
+    assert table.count("\n| ") == 5  # header, rule, 3 priors
+    assert "nll_iwae[10] (nats)" in table
+
+
+def test_standard_normal_numbers_match_stage_one(smoke_report, smoke_workdir):
+    _, rep = smoke_report
+    stage1 = [m for m in read_metrics(smoke_workdir) if m["split"] == "test" and "elbo" in m][-1]
+    normal = rep["priors"]["standard_normal"]
+    # the same test images (same fixed binarization); stage 1 used one z per image, here k=10
+    assert normal["elbo"] == pytest.approx(stage1["elbo"], abs=1.5)
+    assert normal["nll_iwae"] <= -normal["elbo"]
+    # ELBO surgery: the average KL under N(0, I) is the one stage 1 measured analytically
+    assert normal["average_kl"] == pytest.approx(stage1["kl"], rel=0.05)
+
+
+def test_learned_priors_improve_the_bound(smoke_report):
+    _, rep = smoke_report
+    normal = rep["priors"]["standard_normal"]
+    for name in ("gmm", "pixelcnn"):
+        learned = rep["priors"][name]
+        assert np.isfinite(learned["nll_iwae"]) and learned["nll_iwae"] < normal["nll_iwae"]
+        assert learned["marginal_kl"] < normal["marginal_kl"]
+        # the gain in the bound cannot exceed the marginal KL it removes (ELBO surgery)
+        assert learned["elbo"] - normal["elbo"] <= normal["marginal_kl"] + 1.0
+
+
+def test_without_fitted_priors_reports_standard_normal_and_says_how(smoke_workdir, tmp_path, mnist_dir):
+    work = tmp_path / "w"
+    shutil.copytree(smoke_workdir, work, ignore=shutil.ignore_patterns("priors", "report"))
+    result = run_cli("sample.py", "--workdir", str(work), "--n", "200", "--k", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rep = json.loads((work / "report" / "report.json").read_text())
+    assert list(rep["priors"]) == ["standard_normal"]
+    assert "--config.stage=prior" in (work / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "has no config.json"),
+    ("empty", "has no config.json"),
+    ("no_checkpoint", "has no VAE checkpoint"),
+])
+def test_missing_or_foreign_workdir_is_a_clear_error(smoke_workdir, tmp_path, setup, message):
+    work = tmp_path / "w"
+    if setup == "empty":
+        work.mkdir()
+        (work / "notes.txt").write_text("not a workdir")
+    if setup == "no_checkpoint":
+        work.mkdir()
+        shutil.copy(smoke_workdir / "config.json", work / "config.json")
+    result = run_cli("sample.py", "--workdir", str(work))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,170 @@
+"""The comparison report: N(0, I) against every learned prior fitted in a workdir.
+
+`compare(workdir)` draws n samples from each prior (the same key for each), decodes them
+and writes into `W/report/`: samples_<prior>.png/.npz, comparison.png, report.json and
+report.md. Metrics per prior, on the test split unless named otherwise:
+  nll_iwae / elbo        -log p(x) (k importance samples) and the ELBO, under that prior
+  average_kl, mutual_info, marginal_kl   ELBO surgery on the test posteriors (vae.analysis)
+  fd_classifier, precision, recall        in the features of our classifier (vae.metrics)
+  label_entropy, class_frequencies        of the classifier's predictions on the samples
+  prior_hole_rate                          vs the mixture of the training posteriors
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from vae import analysis, classifier, input_pipeline, losses, metrics, plotting, prior_lib, train_lib
+
+log = logging.getLogger(__name__)
+GRID = 64  # images per samples_<prior>.png
+
+
+def _batched(fn, x, batch):
+    return jnp.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def draw_samples(prior, key, n: int, batch: int = 2000):
+    """n latents from `prior` under jit, `batch` at a time (bounded memory)."""
+    graphdef, state = nnx.split(prior)
+    sample = jax.jit(lambda s, k: nnx.merge(graphdef, s).sample(k, min(batch, n)))
+    parts = [sample(state, jax.random.fold_in(key, i)) for i in tqdm(range(0, n, batch), desc="sample", leave=False)]
+    return jnp.concatenate(parts)[:n]
+
+
+def iwae_under_prior(vae, prior, x, key, k: int, batch: int = 100):
+    """(nll_iwae, elbo) per example of prepared test images x under `prior`."""
+    vg, vs = nnx.split(vae)
+    pg, ps = nnx.split(prior)
+
+    @jax.jit
+    def one(vs, ps, xb, kb):
+        v, p = nnx.merge(vg, vs), nnx.merge(pg, ps)
+        return losses.iwae_bound(v.encode, v.decode, v.likelihood, xb, kb, k=k, log_prior=p.log_prob,
+                                 chunk=min(k, 10) if k % 10 == 0 else k, with_elbo=True)
+
+    out = [one(vs, ps, jnp.asarray(x[i : i + batch]), jax.random.fold_in(key, i))
+           for i in tqdm(range(0, len(x), batch), desc="iwae", leave=False)]
+    return -np.concatenate([np.asarray(o[0]) for o in out]), np.concatenate([np.asarray(o[1]) for o in out])
+
+
+def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000, k: int = 10, seed: int = 0,
+            command: str | None = None) -> dict:
+    t_start = time.perf_counter()
+    config, vae = prior_lib.load_vae(workdir)
+    out_dir = out_dir or os.path.join(workdir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    dataset = input_pipeline.load_dataset(config.data)
+    binarize = config.data.binarize
+    names = ["standard_normal"] + prior_lib.fitted_prior_names(workdir)
+    if len(names) == 1:
+        log.warning("no learned prior fitted in %s: reporting N(0, I) only. Fit one with: python train.py "
+                    "--config <config> --workdir %s --config.stage=prior --config.prior.name=gmm,pixelcnn", workdir, workdir)
+    fitted = {n: prior_lib.load_prior(workdir, n, vae.latent_shape) for n in names}
+
+    # The test split as stage 1 evaluated it (same fixed binarization seed).
+    x_test = train_lib.fixed_binarization(dataset.test.images, config.seed + 2, binarize)
+    test_mean, test_logvar = prior_lib.encode_split(vae, dataset.test.images, binarize, seed=config.seed + 2)
+    train_mean, train_logvar = prior_lib.encode_split(vae, dataset.train.images, binarize, seed=config.seed + 11)
+    val_mean, val_logvar = prior_lib.encode_split(vae, dataset.validation.images, binarize, seed=config.seed + 1)
+    threshold = analysis.hole_threshold(jax.random.key(seed + 3), val_mean, val_logvar, train_mean, train_logvar)
+    # Calibration: held-out latents drawn afresh from q(z) fall in holes ~1% of the time.
+    heldout_z, _ = analysis.sample_aggregate_posterior(jax.random.key(seed + 4), val_mean, val_logvar, 10000)
+    heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)
+    clf, clf_acc = classifier.load_or_train(workdir, dataset, seed=seed)
+    real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
+    data_labels = metrics.label_stats(dataset.test.labels)
+
+    vg, vs = nnx.split(vae)
+    decode = jax.jit(lambda s, z: losses.decoder_mean(vae.likelihood, nnx.merge(vg, s).decode(z)))
+    sample_key = jax.random.key(seed)  # the same latent seed for every prior
+    num_dims = math.prod(x_test.shape[1:])
+    results, grids = {}, {}
+    for name, prior in fitted.items():
+        log.info("prior %s", name)
+        t0 = time.perf_counter()
+        z = draw_samples(prior, sample_key, n_samples)
+        images = np.asarray(_batched(lambda zb: decode(vs, zb), z, 1000))
+        sample_seconds = time.perf_counter() - t0
+        grids[name] = images[:GRID]
+        plotting.save_grid(images[:GRID], os.path.join(out_dir, f"samples_{name}.png"), ncol=8)
+        np.savez_compressed(os.path.join(out_dir, f"samples_{name}.npz"), z=np.asarray(z),
+                            images=np.round(images * 255).astype(np.uint8))
+        feats, predicted = classifier.features_and_labels(clf, images)
+        nll, elbo = iwae_under_prior(vae, prior, x_test, jax.random.key(seed + 1), k)
+        r = {
+            f"nll_iwae": float(nll.mean()),
+            "elbo": float(elbo.mean()),
+            **analysis.elbo_surgery(jax.random.key(seed + 2), test_mean, test_logvar, jax.jit(prior.log_prob),
+                                    num_samples=min(n_samples, 10000)),
+            "fd_classifier": metrics.frechet_distance(real_feats, feats),
+            **metrics.precision_recall(real_feats, feats),
+            **metrics.label_stats(predicted),
+            "prior_hole_rate": analysis.prior_hole_rate(z, train_mean, train_logvar, threshold),
+            "sampling_seconds": sample_seconds,
+        }
+        if not binarize:
+            r["nll_iwae_bits_per_dim"] = losses.bits_per_dim(r["nll_iwae"], num_dims)
+        results[name] = r
+        log.info("%s: %s", name, {k_: v for k_, v in r.items() if not isinstance(v, list)})
+
+    plotting.save_labelled_grids({n: g for n, g in grids.items()}, os.path.join(out_dir, "comparison.png"), ncol=8)
+    report = {
+        "dataset": config.data.name,
+        "data_source": dataset.source,
+        "n_samples": n_samples,
+        "k": k,
+        "vae": {"arch": config.vae.arch, "latent_shape": list(vae.latent_shape), "likelihood": vae.likelihood,
+                "workdir": os.path.abspath(workdir)},
+        "priors": results,
+        "data_labels": data_labels,
+        "classifier": {"test_accuracy": clf_acc},
+        "hole_threshold_log_q": threshold,
+        "heldout_latent_hole_rate": heldout_hole_rate,
+        "command": command or " ".join(sys.argv),
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(markdown_table(report))
+    return report
+
+
+COLUMNS = [
+    ("nll_iwae", "nll_iwae[k] (nats)"), ("elbo", "ELBO (nats)"), ("marginal_kl", "marginal_kl (nats)"),
+    ("mutual_info", "mutual_info (nats)"), ("fd_classifier", "fd_classifier"), ("precision", "precision"),
+    ("recall", "recall"), ("label_entropy", "label_entropy (nats)"), ("prior_hole_rate", "prior_hole_rate"),
+]
+
+
+def markdown_table(report: dict) -> str:
+    cols = [(k, h.replace("[k]", f"[{report['k']}]")) for k, h in COLUMNS]
+    lines = [
+        f"# {report['dataset']}: N(0, I) vs learned priors",
+        "",
+        f"{report['n_samples']} samples per prior; metrics on the test split; classifier test accuracy "
+        f"{report['classifier']['test_accuracy']:.4f}; data label entropy {report['data_labels']['label_entropy']:.3f} nats; "
+        f"hole rate of held-out latents from q(z) itself {report['heldout_latent_hole_rate']:.3f}.",
+        "",
+        "| prior | " + " | ".join(h for _, h in cols) + " |",
+        "| --- |" + " --- |" * len(cols),
+    ]
+    for name, r in report["priors"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.4g}" for k, _ in cols) + " |")
+    if len(report["priors"]) == 1:
+        lines += ["", "No learned prior is fitted in this workdir: fit one with "
+                  "`python train.py --config <config> --workdir <W> --config.stage=prior --config.prior.name=gmm,pixelcnn`."]
+    lines += ["", f"Command: `{report['command']}`", ""]
+    return "\n".join(lines)

@@ -1,15 +1,18 @@
-"""Image grids as PNG files (no figure machinery for plain grids)."""
+"""Image grids as PNG files.
+
+No pyplot and no global backend here: files are written through an Agg canvas of their
+own, so importing this module leaves a notebook's inline backend alone.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.image
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 
 def make_grid(images, ncol: int | None = None, pad: int = 1) -> np.ndarray:
@@ -27,13 +30,15 @@ def make_grid(images, ncol: int | None = None, pad: int = 1) -> np.ndarray:
 
 def save_grid(images, path: str, ncol: int | None = None) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    plt.imsave(path, make_grid(images, ncol), cmap="gray", vmin=0.0, vmax=1.0)
+    matplotlib.image.imsave(path, make_grid(images, ncol), cmap="gray", vmin=0.0, vmax=1.0)
     return path
 
 
 def save_labelled_grids(grids: dict, path: str, ncol: int | None = None) -> str:
     """Several image sets side by side, each titled with its key."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 4.4), squeeze=False)
+    fig = Figure(figsize=(4 * len(grids), 4.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(grids), squeeze=False)
     for ax, (title, images) in zip(axes[0], grids.items()):
         ax.imshow(make_grid(images, ncol), cmap="gray", vmin=0.0, vmax=1.0)
         ax.set_title(title)
@@ -41,5 +46,4 @@ def save_labelled_grids(grids: dict, path: str, ncol: int | None = None) -> str:
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

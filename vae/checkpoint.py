@@ -26,13 +26,16 @@ def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def steps(directory: str, kind: str = "latest") -> list[int]:
+    """Steps of the finished checkpoints of `kind`, oldest first."""
+    path = os.path.join(directory, kind)
+    return sorted(ocp.utils.checkpoint_steps(os.path.abspath(path))) if os.path.isdir(path) else []
+
+
 def latest(directory: str, kind: str = "latest") -> int | None:
     """Step of the newest finished checkpoint of `kind` ('latest' or 'best'), or None."""
-    path = os.path.join(directory, kind)
-    if not os.path.isdir(path):
-        return None
-    steps = ocp.utils.checkpoint_steps(os.path.abspath(path))  # finalized ones only
-    return max(steps) if steps else None
+    found = steps(directory, kind)  # finalized ones only
+    return found[-1] if found else None
 
 
 def save(directory: str, step: int, state, *, best: bool = False) -> None:

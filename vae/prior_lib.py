@@ -57,23 +57,8 @@ def prior_dir(workdir: str, name: str) -> str:
 def load_vae(workdir: str, config=None, *, kind: str = "best"):
     """(config, VAE) restored from `workdir` ('best' checkpoint, else 'latest')."""
     config = config or train_lib.load_config(workdir)
-    model = train_lib.create_vae(config)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    kind = kind if checkpoint.latest(ckpt_dir, kind) is not None else "latest"
-    if checkpoint.latest(ckpt_dir, kind) is None:
-        raise checkpoint.CheckpointError(
-            f"{workdir} has no VAE checkpoint; train one first (python train.py --config ... "
-            f"--workdir {workdir} --config.stage=vae)"
-        )
-    graphdef, params = nnx.split(model)
-    target = {"params": params, "opt_state": _abstract_opt_state(config, params), "step": jnp.asarray(0, jnp.int32)}
-    state = checkpoint.restore(ckpt_dir, target, kind=kind)
-    return config, nnx.merge(graphdef, state["params"])
-
-
-def _abstract_opt_state(config, params):
-    tx = train_lib.make_optimizer(config.train, 1)
-    return jax.eval_shape(tx.init, params)
+    model, _, _ = train_lib.restore_vae(workdir, config, kind=kind)
+    return config, model
 
 
 def encode_split(model, images_uint8, binarize: bool, seed: int, batch_size: int = 1000):

@@ -100,6 +100,33 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
+def restore_vae(workdir: str, config, *, step: int | None = None, kind: str = "best"):
+    """(model, step, kind) from workdir/checkpoints: the `kind` checkpoint ('best', falling
+    back to 'latest'), or the one at `step`. Restores onto this process's devices."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if kind not in ("best", "latest"):
+        raise ValueError(f"kind={kind!r}; expected 'best' or 'latest'")
+    if checkpoint.latest(ckpt_dir, "latest") is None:
+        raise checkpoint.CheckpointError(
+            f"{workdir} has no VAE checkpoint; train one first (python train.py --config ... "
+            f"--workdir {workdir} --config.stage=vae)"
+        )
+    if checkpoint.latest(ckpt_dir, kind) is None:
+        kind = "latest"
+    if step is not None:
+        kinds = {k: checkpoint.steps(ckpt_dir, k) for k in ("best", "latest")}
+        if not any(step in s for s in kinds.values()):
+            raise checkpoint.CheckpointError(
+                f"no checkpoint at step {step} in {ckpt_dir}; available: {sorted(set(kinds['best'] + kinds['latest']))}")
+        kind = "best" if step in kinds["best"] else "latest"
+    model = create_vae(config)
+    graphdef, params = nnx.split(model)
+    opt_state = jax.eval_shape(make_optimizer(config.train, 1).init, params)
+    target = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}
+    state = checkpoint.restore(ckpt_dir, target, step=step, kind=kind)
+    return nnx.merge(graphdef, state["params"]), int(state["step"]), kind
+
+
 def append_metrics(workdir: str, record: dict) -> None:
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -217,6 +244,18 @@ def save_image_grids(model, x_eval, key, workdir: str, step: int, n: int) -> Non
     plotting.save_grid(samples, os.path.join(workdir, "samples", f"prior_samples_{step:07d}.png"))
 
 
+def prepared_eval_sets(config, dataset) -> dict:
+    """Validation and test images as every evaluation sees them (fixed binarization)."""
+    return {
+        split: fixed_binarization(dataset.split(split).images, config.seed + 1 + i, config.data.binarize)
+        for i, split in enumerate(("validation", "test"))
+    }
+
+
+def eval_key(config):
+    return jax.random.fold_in(jax.random.key(config.seed), 2)
+
+
 # ----------------------------------------------------------------------------- main loop
 
 
@@ -250,10 +289,7 @@ def train_vae(config, workdir: str, dataset=None, *, max_epochs_this_run: int | 
 
     key = jax.random.key(config.seed)
     train_images = jax.device_put(dataset.train.images)
-    eval_sets = {
-        split: fixed_binarization(dataset.split(split).images, config.seed + 1 + i, config.data.binarize)
-        for i, split in enumerate(("validation", "test"))
-    }
+    eval_sets = prepared_eval_sets(config, dataset)
     best_path = os.path.join(workdir, "best_validation_elbo.json")
     best = json.load(open(best_path))["elbo"] if os.path.exists(best_path) else -math.inf
 
@@ -261,7 +297,7 @@ def train_vae(config, workdir: str, dataset=None, *, max_epochs_this_run: int | 
         nonlocal best
         results = {}
         for split, x in eval_sets.items():
-            m = evaluate(eval_batch, state["params"], x, jax.random.fold_in(key, 2), tc.eval_batch_size,
+            m = evaluate(eval_batch, state["params"], x, eval_key(config), tc.eval_batch_size,
                          bits_per_dim=not config.data.binarize)
             append_metrics(workdir, {"step": step, "epoch": epoch, "split": split, **m})
             results[split] = m

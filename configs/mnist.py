@@ -15,4 +15,7 @@ def get_config(preset: str = ""):
     config = base.get_base_config()
     config.data.name = "mnist"
     config.data.validation_size = 1000  # sized for the offline 8k copy; ~8% of any train set
+    # 7k training latents cannot support 20 full 196x196 covariances: measured held-out
+    # latent NLL 290.2 nats (full) vs 277.2 for N(0, I) on the offline copy.
+    config.prior.gmm.covariance = "diag"
     return base.finish(config, preset)

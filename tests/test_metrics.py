@@ -91,9 +91,11 @@ def test_hole_rate_calibration_and_detection():
     train, held = (means[:1500], logvars[:1500]), (means[1500:], logvars[1500:])
     threshold = analysis.hole_threshold(jax.random.key(3), *held, *train)
     fresh, _ = analysis.sample_aggregate_posterior(jax.random.key(4), *held, 10000)
-    assert 0.003 < analysis.prior_hole_rate(fresh, *train, threshold) < 0.03
+    assert 0.003 < analysis.prior_hole_rate(fresh, *train, threshold)["prior_hole_rate"] < 0.03
     gap = jnp.stack([jnp.zeros(1000), jax.random.normal(key, (1000,))], 1)
-    assert analysis.prior_hole_rate(gap, *train, threshold) > 0.95
+    in_gap = analysis.prior_hole_rate(gap, *train, threshold)
+    assert in_gap["prior_hole_rate"] > 0.95
+    assert in_gap["median_log_q"] < analysis.prior_hole_rate(fresh, *train, threshold)["median_log_q"]
 
 
 def test_log_aggregate_posterior_matches_direct_mixture():

@@ -34,7 +34,7 @@ def test_writes_every_file(smoke_report):
     assert 0.5 < on_disk["classifier"]["test_accuracy"] <= 1.0
     for r in on_disk["priors"].values():
         for key in ("nll_iwae", "elbo", "marginal_kl", "mutual_info", "fd_classifier", "precision", "recall",
-                    "label_entropy", "class_frequencies", "prior_hole_rate"):
+                    "label_entropy", "class_frequencies", "prior_hole_rate", "median_log_q"):
             assert key in r and np.all(np.isfinite(r[key]))
     table = (out / "report.md").read_text()
     assert table.count("\n| ") == 5  # header, rule, 3 priors

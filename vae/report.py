@@ -78,10 +78,11 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     test_mean, test_logvar = prior_lib.encode_split(vae, dataset.test.images, binarize, seed=config.seed + 2)
     train_mean, train_logvar = prior_lib.encode_split(vae, dataset.train.images, binarize, seed=config.seed + 11)
     val_mean, val_logvar = prior_lib.encode_split(vae, dataset.validation.images, binarize, seed=config.seed + 1)
-    threshold = analysis.hole_threshold(jax.random.key(seed + 3), val_mean, val_logvar, train_mean, train_logvar)
+    heldout = analysis.heldout_log_q(jax.random.key(seed + 3), val_mean, val_logvar, train_mean, train_logvar)
+    threshold = float(np.percentile(heldout, 1.0))
     # Calibration: held-out latents drawn afresh from q(z) fall in holes ~1% of the time.
     heldout_z, _ = analysis.sample_aggregate_posterior(jax.random.key(seed + 4), val_mean, val_logvar, 10000)
-    heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)
+    heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)["prior_hole_rate"]
     clf, clf_acc = classifier.load_or_train(workdir, dataset, seed=seed)
     real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
     data_labels = metrics.label_stats(dataset.test.labels)
@@ -111,7 +112,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
             "fd_classifier": metrics.frechet_distance(real_feats, feats),
             **metrics.precision_recall(real_feats, feats),
             **metrics.label_stats(predicted),
-            "prior_hole_rate": analysis.prior_hole_rate(z, train_mean, train_logvar, threshold),
+            **analysis.prior_hole_rate(z, train_mean, train_logvar, threshold),
             "sampling_seconds": sample_seconds,
         }
         if not binarize:
@@ -132,6 +133,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "classifier": {"test_accuracy": clf_acc},
         "hole_threshold_log_q": threshold,
         "heldout_latent_hole_rate": heldout_hole_rate,
+        "heldout_median_log_q": float(np.median(heldout)),
         "command": command or " ".join(sys.argv),
         "wall_seconds": time.perf_counter() - t_start,
     }
@@ -146,6 +148,7 @@ COLUMNS = [
     ("nll_iwae", "nll_iwae[k] (nats)"), ("elbo", "ELBO (nats)"), ("marginal_kl", "marginal_kl (nats)"),
     ("mutual_info", "mutual_info (nats)"), ("fd_classifier", "fd_classifier"), ("precision", "precision"),
     ("recall", "recall"), ("label_entropy", "label_entropy (nats)"), ("prior_hole_rate", "prior_hole_rate"),
+    ("median_log_q", "median log q(z) of samples (nats)"),
 ]
 
 
@@ -156,7 +159,8 @@ def markdown_table(report: dict) -> str:
         "",
         f"{report['n_samples']} samples per prior; metrics on the test split; classifier test accuracy "
         f"{report['classifier']['test_accuracy']:.4f}; data label entropy {report['data_labels']['label_entropy']:.3f} nats; "
-        f"hole rate of held-out latents from q(z) itself {report['heldout_latent_hole_rate']:.3f}.",
+        f"held-out latents from q(z) itself: hole rate {report['heldout_latent_hole_rate']:.3f}, "
+        f"median log q(z) {report['heldout_median_log_q']:.1f} nats.",
         "",
         "| prior | " + " | ".join(h for _, h in cols) + " |",
         "| --- |" + " --- |" * len(cols),

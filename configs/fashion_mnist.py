@@ -4,7 +4,9 @@ Run (offline: `apt-get install -y dataset-fashion-mnist` puts the IDX files wher
 pipeline finds them unaided):
   python train.py --config configs/fashion_mnist.py --workdir runs/fashion_mnist
   python sample.py --workdir runs/fashion_mnist
-Reports bits/dim as well as nats. Expected runtime and result on the 2-core CPU: README.
+Reports bits/dim as well as nats. Expected on the 2-core CPU (README "Results"): VAE 10
+epochs in about 19 min, test ELBO about -1947 nats (3.58 bits/dim); priors about 31 min,
+held-out latent NLL PixelCNN 204 < GMM 215 < N(0,I) 276 nats; sample.py 8-14 min.
 """
 
 from configs import base

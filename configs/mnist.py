@@ -4,8 +4,10 @@ Run (offline, the 10k MNIST test split carved 8k train+validation / 2k test):
   python train.py --config configs/mnist.py --workdir runs/mnist \
       --config.data.idx_dir=../shared/data/mnist
   python sample.py --workdir runs/mnist
-Smoke preset (what tests use): --config configs/mnist.py:smoke
-Expected runtime and result on the 2-core CPU: see README "Results".
+Smoke preset (what tests use): --config configs/mnist.py:smoke (about 80 s, VAE + priors).
+Expected on the 2-core CPU (README "Results"): VAE 30 epochs in about 14 min, test ELBO
+about -113 nats; priors about 15 min, held-out latent NLL PixelCNN 266 < GMM 270 < N(0,I)
+277 nats; sample.py about 4 min.
 """
 
 from configs import base

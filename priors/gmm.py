@@ -16,6 +16,18 @@ from flax import nnx
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def diag_gaussian_log_probs(x, means, logvars):
+    """x (N, D), K diagonal Gaussians means/logvars (K, D) -> (N, K) log N(x_n; mu_k, var_k).
+
+    Three matmuls instead of an (N, K, D) tensor: sum_d (x_d - mu_d)^2 / v_d =
+    x^2 @ (1/v) - 2 x @ (mu/v) + sum mu^2/v. In float32 the expansion cancels: ~1e-3 nats
+    of error where components are as sharp as std 0.01 (tests check against the direct sum).
+    """
+    prec = jnp.exp(-logvars)
+    maha = (x**2) @ prec.T - 2.0 * x @ (means * prec).T + jnp.sum(means**2 * prec, -1)[None]
+    return -0.5 * (x.shape[-1] * LOG_2PI + jnp.sum(logvars, -1)[None] + maha)
+
+
 class GMMParam(nnx.Variable):
     """Fitted by EM, not by gradients (so never picked up by an nnx.Param filter)."""
 
@@ -38,15 +50,12 @@ class GMM(nnx.Module):
         d = x.shape[-1]
         means = self.means[...]
         if self.covariance == "diag":
-            prec = 1.0 / self.scale[...]
-            maha = (x**2) @ prec.T - 2.0 * x @ (means * prec).T + jnp.sum(means**2 * prec, -1)[None]
-            log_det = -jnp.sum(jnp.log(prec), axis=-1)
-        else:
-            chol = self.scale[...]
-            # Sigma_k^-1 = A_k^T A_k with A_k = chol_k^-1: Mahalanobis = |A_k (x - mu_k)|^2.
-            inv = jax.vmap(lambda c: jax.scipy.linalg.solve_triangular(c, jnp.eye(d), lower=True))(chol)
-            maha = jax.lax.map(lambda a: jnp.sum((x @ a[0].T - a[0] @ a[1]) ** 2, -1), (inv, means)).T
-            log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+            return diag_gaussian_log_probs(x, means, jnp.log(self.scale[...]))
+        chol = self.scale[...]
+        # Sigma_k^-1 = A_k^T A_k with A_k = chol_k^-1: Mahalanobis = |A_k (x - mu_k)|^2.
+        inv = jax.vmap(lambda c: jax.scipy.linalg.solve_triangular(c, jnp.eye(d), lower=True))(chol)
+        maha = jax.lax.map(lambda a: jnp.sum((x @ a[0].T - a[0] @ a[1]) ** 2, -1), (inv, means)).T
+        log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
         return -0.5 * (d * LOG_2PI + log_det[None] + maha)
 
     def log_prob(self, z):

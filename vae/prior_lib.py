@@ -133,8 +133,8 @@ def heldout_nll(prior, z, batch_size: int = 1000) -> float:
     """Mean -log p(z) over held-out latents z (nats per example)."""
     graphdef, state = nnx.split(prior)
     log_prob = jax.jit(lambda s, z: nnx.merge(graphdef, s).log_prob(z))
-    total = sum(float(jnp.sum(log_prob(state, z[i : i + batch_size]))) for i in range(0, len(z), batch_size))
-    return -total / len(z)
+    total = sum(jnp.sum(log_prob(state, z[i : i + batch_size])) for i in range(0, len(z), batch_size))
+    return -float(total) / len(z)  # one host fetch
 
 
 def log_heldout(workdir: str, name: str, prior, z_val, step: int, epoch: int) -> dict:

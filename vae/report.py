@@ -105,7 +105,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         feats, predicted = classifier.features_and_labels(clf, images)
         nll, elbo = iwae_under_prior(vae, prior, x_test, jax.random.key(seed + 1), k)
         r = {
-            f"nll_iwae": float(nll.mean()),
+            "nll_iwae": float(nll.mean()),
             "elbo": float(elbo.mean()),
             **analysis.elbo_surgery(jax.random.key(seed + 2), test_mean, test_logvar, jax.jit(prior.log_prob),
                                     num_samples=min(n_samples, 10000)),
@@ -120,7 +120,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         results[name] = r
         log.info("%s: %s", name, {k_: v for k_, v in r.items() if not isinstance(v, list)})
 
-    plotting.save_labelled_grids({n: g for n, g in grids.items()}, os.path.join(out_dir, "comparison.png"), ncol=8)
+    plotting.save_labelled_grids(grids, os.path.join(out_dir, "comparison.png"), ncol=8)
     report = {
         "dataset": config.data.name,
         "data_source": dataset.source,

@@ -208,13 +208,13 @@ def evaluate(eval_batch, params, x, key, batch_size: int, *, bits_per_dim: bool 
     n = len(x)
     pad = (-n) % batch_size
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    sums = {}
+    sums = None
     for i in range(0, len(xp), batch_size):
         terms = eval_batch(params, xp[i : i + batch_size], jax.random.fold_in(key, i))
-        valid = slice(0, min(batch_size, n - i))
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(jnp.sum(v[valid]))
-    metrics = {k: v / n for k, v in sums.items()}
+        valid = jnp.arange(batch_size) < n - i  # the padding rows of the last batch
+        batch_sums = {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in terms.items()}
+        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    metrics = {k: float(v) / n for k, v in jax.device_get(sums).items()}  # one host fetch
     if bits_per_dim:  # for 8-bit data: the negative ELBO in bits per pixel
         metrics["nelbo_bits_per_dim"] = losses.bits_per_dim(-metrics["elbo"], math.prod(x.shape[1:]))
     return metrics

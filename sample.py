@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags
 
-from vae import cli, prior_lib, report
+from vae import cli, report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints).")
 _OUT = flags.DEFINE_string("out", None, "Output directory; default WORKDIR/report.")
@@ -23,11 +23,8 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        result = report.compare(_WORKDIR.value, _OUT.value, n_samples=_N.value, k=_K.value, seed=_SEED.value,
-                                command="python " + " ".join(sys.argv))
-    except prior_lib.PriorError as e:
-        raise SystemExit(f"error: {e}") from None
+    result = report.compare(_WORKDIR.value, _OUT.value, n_samples=_N.value, k=_K.value, seed=_SEED.value,
+                            command="python " + " ".join(sys.argv))
     print(report.markdown_table(result))
 
 

@@ -18,5 +18,7 @@ def get_config(preset: str = ""):
     config.data.validation_size = 1000
     config.vae.arch = "mlp"
     config.vae.latent_dim = 16
+    config.train.steps_per_call = 0  # dense layers: one rolled scan per epoch is fastest
+    config.train.unroll = False
     config.prior.name = "gmm,made"
     return base.finish(config, preset)

@@ -1,9 +1,7 @@
 import json
 import logging
-import math
 
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest

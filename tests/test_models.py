@@ -3,6 +3,9 @@ import jax.numpy as jnp
 import pytest
 
 from configs import fashion_mnist, mnist, mnist_mlp
+from flax import nnx
+
+from tests.conftest import mnist_config
 from vae import models, train_lib
 
 
@@ -44,3 +47,20 @@ def test_bad_arch_and_latent_dim():
     config.vae.arch = "transformer"
     with pytest.raises(models.ConfigError, match="arch='transformer'"):
         train_lib.create_vae(config)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_loss(mnist_dir):
+    from vae import input_pipeline, losses
+
+    x = input_pipeline.to_float(input_pipeline.load_dataset(mnist_config("mnist_mlp").data).test.images[:64])
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        config = mnist_config("mnist_mlp")
+        config.train.compute_dtype = dtype
+        model = train_lib.create_vae(config)
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        mean, logvar, z, out = model(x, jax.random.key(0))
+        assert mean.dtype == logvar.dtype == out.dtype == jnp.float32
+        results[dtype] = float(jnp.mean(losses.elbo(x, mean, logvar, z, out, model.likelihood)["loss"]))
+    # same initial weights: bf16 matmuls change the loss by rounding only (< 1%)
+    assert abs(results["bfloat16"] - results["float32"]) < 0.01 * abs(results["float32"])

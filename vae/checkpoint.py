@@ -2,17 +2,26 @@
 
 A checkpoint directory holds `latest/<step>/` (the last two saves) and `best/<step>/` (the
 best so far by the caller's metric). Saves are synchronous and orbax finalizes each one
-with an atomic rename, so an interrupted save never hides the previous checkpoint.
+with an atomic rename, so an interrupted save never hides the previous checkpoint. A step
+directory without orbax's metadata files (an interrupted copy, say) is not a checkpoint: it
+is skipped with a warning, and moved aside (never deleted) if that step is saved again.
 Restoring takes an abstract target (shapes and dtypes), so a checkpoint written on GPU/TPU
 restores onto whatever devices this process has.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+# Files orbax writes into every step directory it finalizes.
+_FINISHED_MARKERS = ("_CHECKPOINT_METADATA", os.path.join("default", "_METADATA"))
 
 
 class CheckpointError(RuntimeError):
@@ -26,10 +35,35 @@ def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def _is_finished(step_dir: str) -> bool:
+    return all(os.path.exists(os.path.join(step_dir, m)) for m in _FINISHED_MARKERS)
+
+
 def steps(directory: str, kind: str = "latest") -> list[int]:
     """Steps of the finished checkpoints of `kind`, oldest first."""
-    path = os.path.join(directory, kind)
-    return sorted(ocp.utils.checkpoint_steps(os.path.abspath(path))) if os.path.isdir(path) else []
+    path = os.path.abspath(os.path.join(directory, kind))
+    if not os.path.isdir(path):
+        return []
+    found = []
+    for step in ocp.utils.checkpoint_steps(path):
+        if _is_finished(os.path.join(path, str(step))):
+            found.append(step)
+        else:
+            log.warning("ignoring %s: not a finished checkpoint (missing %s)",
+                        os.path.join(path, str(step)), " or ".join(_FINISHED_MARKERS))
+    return sorted(found)
+
+
+def _move_aside_unfinished(directory: str) -> None:
+    """Orbax would take an unfinished `<step>/` for a saved one (and skip saving that step or
+    any earlier one); keep such directories, under another name."""
+    path = os.path.abspath(directory)
+    for step in ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []:
+        step_dir = os.path.join(path, str(step))
+        if not _is_finished(step_dir):
+            aside = f"{step_dir}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(step_dir, aside)
+            log.warning("moved the unfinished checkpoint directory %s to %s", step_dir, aside)
 
 
 def latest(directory: str, kind: str = "latest") -> int | None:
@@ -40,14 +74,23 @@ def latest(directory: str, kind: str = "latest") -> int | None:
 
 def save(directory: str, step: int, state, *, best: bool = False) -> None:
     """Saves the pytree `state` as `latest/<step>` (and as `best/<step>` when `best`)."""
-    kinds = ("latest", "best") if best else ("latest",)
+    kinds = ("best", "latest") if best else ("latest",)  # 'latest' last: it marks the step done
     for kind in kinds:
-        mgr = _manager(os.path.join(directory, kind), max_to_keep=2 if kind == "latest" else 1)
-        if step in mgr.all_steps():  # re-saving the same step (e.g. after a resume) is a no-op
+        if step in steps(directory, kind):  # re-saving the same step (e.g. after a resume) is a no-op
             continue
-        mgr.save(step, args=ocp.args.StandardSave(state))
-        mgr.wait_until_finished()
-        mgr.close()
+        _move_aside_unfinished(os.path.join(directory, kind))
+        mgr = _manager(os.path.join(directory, kind), max_to_keep=2 if kind == "latest" else 1)
+        try:
+            mgr.save(step, args=ocp.args.StandardSave(state))
+            mgr.wait_until_finished()
+        except OSError as e:  # disk full, permissions: the previous checkpoint is untouched
+            raise CheckpointError(
+                f"could not write checkpoint step {step} under {os.path.join(directory, kind)} "
+                f"({e.strerror or e}); the previous one (step {latest(directory, kind)}) is intact "
+                "and a rerun resumes from it once the cause is fixed"
+            ) from e
+        finally:
+            mgr.close()
 
 
 def restore(directory: str, target, *, step: int | None = None, kind: str = "latest"):
@@ -60,9 +103,12 @@ def restore(directory: str, target, *, step: int | None = None, kind: str = "lat
     try:
         return mgr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types: shape mismatch, missing files, bad json
+        older = [s for s in steps(directory, kind) if s < step]
+        hint = (f" Move that directory away to resume from the previous checkpoint (step {older[-1]})."
+                if older else "")
         raise CheckpointError(
             f"cannot restore checkpoint {os.path.join(directory, kind, str(step))}: it is corrupt "
-            f"or was written for another model ({type(e).__name__}: {str(e)[:300]})"
+            f"or was written for another model ({type(e).__name__}: {str(e)[:300]}).{hint}"
         ) from e
     finally:
         mgr.close()

@@ -16,7 +16,7 @@ USER_ERRORS = (
     models.ConfigError,
     train_lib.TrainingError,
     checkpoint.CheckpointError,
-    FileNotFoundError,
+    OSError,  # unreadable or missing files, a full disk, no permission: the message names the path
 )
 
 
@@ -32,7 +32,8 @@ def _parse_flags(argv):
 
 
 def run(main):
-    """app.run(main) with flag errors and USER_ERRORS printed as one line, exit code 2."""
+    """app.run(main) with flag errors and USER_ERRORS printed as one line, exit code 2; a
+    run stopped by a signal exits with 128 + the signal number after saving."""
 
     def wrapped(argv):
         absl_logging.set_verbosity(absl_logging.WARNING)  # hides orbax's per-save INFO chatter
@@ -40,6 +41,9 @@ def run(main):
             logging.getLogger(name).setLevel(logging.INFO)
         try:
             main(argv)
+        except train_lib.Stopped as e:  # SIGTERM/SIGINT, after saving: the shell's usual code
+            print(str(e), file=sys.stderr)
+            sys.exit(128 + e.signum)
         except USER_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

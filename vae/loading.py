@@ -66,7 +66,7 @@ class Run:
         """Stage 1's evaluation (same images, binarization and key) with these parameters."""
         dataset = dataset or self.dataset()
         graphdef, params = nnx.split(self.model)
-        _, eval_batch = train_lib.make_step_functions(graphdef, None, self.config)
+        eval_batch = train_lib.make_step_functions(graphdef, None, self.config).eval_batch
         x = train_lib.prepared_eval_sets(self.config, dataset)[split]
         return train_lib.evaluate(eval_batch, params, x, train_lib.eval_key(self.config),
                                   self.config.train.eval_batch_size, bits_per_dim=not self.config.data.binarize)

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 LIKELIHOOD_CHANNELS = {"bernoulli": 1, "logistic": 2}
+# Mixed precision: layers compute in this dtype; parameters, the posterior and the decoder
+# output (hence the loss) stay float32.
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -25,10 +28,10 @@ class ConfigError(ValueError):
 
 
 class MLPEncoder(nnx.Module):
-    def __init__(self, image_shape, hidden, latent_dim, *, rngs):
+    def __init__(self, image_shape, hidden, latent_dim, *, rngs, dtype=jnp.float32):
         sizes = [math.prod(image_shape), *hidden]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
-        self.out = nnx.Linear(sizes[-1], 2 * latent_dim, rngs=rngs)
+        self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.out = nnx.Linear(sizes[-1], 2 * latent_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         h = x.reshape(x.shape[0], -1)
@@ -38,11 +41,11 @@ class MLPEncoder(nnx.Module):
 
 
 class MLPDecoder(nnx.Module):
-    def __init__(self, image_shape, hidden, latent_dim, out_channels, *, rngs):
+    def __init__(self, image_shape, hidden, latent_dim, out_channels, *, rngs, dtype=jnp.float32):
         sizes = [latent_dim, *reversed(hidden)]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
         self.out_shape = (*image_shape[:2], out_channels)
-        self.out = nnx.Linear(sizes[-1], math.prod(self.out_shape), rngs=rngs)
+        self.out = nnx.Linear(sizes[-1], math.prod(self.out_shape), dtype=dtype, rngs=rngs)
 
     def __call__(self, z):
         h = z
@@ -63,11 +66,11 @@ def depth_to_space(x, r: int = 2):
 
 
 class ConvEncoder(nnx.Module):
-    def __init__(self, image_shape, channels, latent_channels, *, rngs):
+    def __init__(self, image_shape, channels, latent_channels, *, rngs, dtype=jnp.float32):
         c1, c2 = channels
-        self.down1 = nnx.Conv(image_shape[-1], c1, (3, 3), strides=2, rngs=rngs)  # 28 -> 14
-        self.down2 = nnx.Conv(c1, c2, (3, 3), strides=2, rngs=rngs)  # 14 -> 7
-        self.out = nnx.Conv(c2, 2 * latent_channels, (3, 3), rngs=rngs)
+        self.down1 = nnx.Conv(image_shape[-1], c1, (3, 3), strides=2, dtype=dtype, rngs=rngs)  # 28 -> 14
+        self.down2 = nnx.Conv(c1, c2, (3, 3), strides=2, dtype=dtype, rngs=rngs)  # 14 -> 7
+        self.out = nnx.Conv(c2, 2 * latent_channels, (3, 3), dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         h = nnx.gelu(self.down1(x))
@@ -76,12 +79,12 @@ class ConvEncoder(nnx.Module):
 
 
 class ConvDecoder(nnx.Module):
-    def __init__(self, image_shape, channels, latent_channels, out_channels, *, rngs):
+    def __init__(self, image_shape, channels, latent_channels, out_channels, *, rngs, dtype=jnp.float32):
         c1, c2 = channels
-        self.conv_in = nnx.Conv(latent_channels, c2, (3, 3), rngs=rngs)
-        self.up1 = nnx.Conv(c2, 4 * c1, (3, 3), rngs=rngs)  # 7 -> 14 after depth_to_space
-        self.up2 = nnx.Conv(c1, 4 * c1, (3, 3), rngs=rngs)  # 14 -> 28
-        self.out = nnx.Conv(c1, out_channels, (3, 3), rngs=rngs)
+        self.conv_in = nnx.Conv(latent_channels, c2, (3, 3), dtype=dtype, rngs=rngs)
+        self.up1 = nnx.Conv(c2, 4 * c1, (3, 3), dtype=dtype, rngs=rngs)  # 7 -> 14 after depth_to_space
+        self.up2 = nnx.Conv(c1, 4 * c1, (3, 3), dtype=dtype, rngs=rngs)  # 14 -> 28
+        self.out = nnx.Conv(c1, out_channels, (3, 3), dtype=dtype, rngs=rngs)
 
     def __call__(self, z):
         h = nnx.gelu(self.conv_in(z))
@@ -102,11 +105,12 @@ class VAE(nnx.Module):
     def encode(self, x):
         """x: (B, 28, 28, 1) in [0, 1] -> mean, logvar: (B, *latent_shape)."""
         mean, logvar = self.encoder(x)
+        mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
         return mean, jnp.clip(logvar, -12.0, 8.0)  # keeps exp(logvar) finite in fp32
 
     def decode(self, z):
-        """z: (B, *latent_shape) -> decoder output (B, 28, 28, channels)."""
-        return self.decoder(z)
+        """z: (B, *latent_shape) -> decoder output (B, 28, 28, channels), float32."""
+        return self.decoder(z).astype(jnp.float32)
 
     def __call__(self, x, key):
         mean, logvar = self.encode(x)
@@ -137,18 +141,21 @@ def likelihood_from_config(data_config) -> str:
     return "bernoulli" if data_config.binarize else "logistic"
 
 
-def build_vae(config, image_shape, *, rngs: nnx.Rngs) -> VAE:
+def build_vae(config, image_shape, *, rngs: nnx.Rngs, compute_dtype: str = "float32") -> VAE:
     """The VAE described by `config.vae` (and the likelihood implied by `config.data`)."""
     vc = config.vae
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"config.train.compute_dtype={compute_dtype!r}; expected one of {COMPUTE_DTYPES}")
+    dtype = jnp.dtype(compute_dtype)
     latent_shape = latent_shape_from_config(vc, image_shape)
     likelihood = likelihood_from_config(config.data)
     out_channels = LIKELIHOOD_CHANNELS[likelihood] * image_shape[-1]
     if vc.arch == "mlp":
         hidden = tuple(vc.hidden)
-        encoder = MLPEncoder(image_shape, hidden, latent_shape[0], rngs=rngs)
-        decoder = MLPDecoder(image_shape, hidden, latent_shape[0], out_channels, rngs=rngs)
+        encoder = MLPEncoder(image_shape, hidden, latent_shape[0], rngs=rngs, dtype=dtype)
+        decoder = MLPDecoder(image_shape, hidden, latent_shape[0], out_channels, rngs=rngs, dtype=dtype)
     else:
         channels = tuple(vc.channels)
-        encoder = ConvEncoder(image_shape, channels, latent_shape[-1], rngs=rngs)
-        decoder = ConvDecoder(image_shape, channels, latent_shape[-1], out_channels, rngs=rngs)
+        encoder = ConvEncoder(image_shape, channels, latent_shape[-1], rngs=rngs, dtype=dtype)
+        decoder = ConvDecoder(image_shape, channels, latent_shape[-1], out_channels, rngs=rngs, dtype=dtype)
     return VAE(encoder, decoder, latent_shape, likelihood)

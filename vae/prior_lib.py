@@ -157,6 +157,7 @@ def fit_gmm(config, workdir, name, prior, mean, logvar, z_val, key):
     if checkpoint.latest(ckpt_dir) is not None:
         log.info("prior %s already fitted in %s", name, ckpt_dir)
         return nnx.merge(graphdef, checkpoint.restore(ckpt_dir, {"prior": state})["prior"])
+    train_lib.rewind_metrics(workdir, -1, prior=name)  # from a fit killed before its checkpoint
     z = draw_latents(jax.random.fold_in(key, 0), mean, logvar, config.prior.fit_target)
     t0 = time.perf_counter()
     prior, trace = gmm_lib.fit(prior, jax.random.fold_in(key, 1), z, config.prior.gmm.num_iters)
@@ -184,8 +185,7 @@ def fit_autoregressive(config, workdir, name, prior, mean, logvar, z_val, key, *
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.asarray(0, jnp.int32)}
     state, resumed = checkpoint.restore_or_init(state_dir, state)
     start = int(state["step"])
-    if start % steps_per_epoch:
-        raise PriorError(f"prior checkpoint step {start} is not at an epoch boundary of {steps_per_epoch} steps")
+    train_lib.rewind_metrics(workdir, start if resumed else -1, prior=name)
 
     def loss_fn(params, z):
         return -jnp.mean(nnx.merge(graphdef, params).log_prob(z))
@@ -197,38 +197,47 @@ def fit_autoregressive(config, workdir, name, prior, mean, logvar, z_val, key, *
         perm = jax.random.permutation(jax.random.fold_in(k, 1), n)[: steps_per_epoch * pc.batch_size]
         return z, perm.reshape(steps_per_epoch, pc.batch_size)
 
-    def step(state, z_batch):
+    def train_step(state, z_batch):
         loss, grads = jax.value_and_grad(loss_fn)(state["params"], z_batch)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state, "step": state["step"] + 1}, loss
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_chunk(state, z, batch_indices):
-        return train_lib.unrolled_scan(lambda st, idx: step(st, z[idx]), state, batch_indices)
+        return train_lib.unrolled_scan(lambda st, idx: train_step(st, z[idx]), state, batch_indices)
 
-    def train_epoch(state, epoch):
-        z, batches = epoch_data(epoch)
-        return train_lib.run_in_chunks(lambda st, b: train_chunk(st, z, b), state, batches, pc.steps_per_call)
+    def save(step):
+        checkpoint.save(state_dir, step, state)
+        checkpoint.save(ckpt_dir, step, {"prior": state["params"]})
 
     first = start // steps_per_epoch
     last = pc.num_epochs if max_epochs_this_run is None else min(pc.num_epochs, first + max_epochs_this_run)
     bar = tqdm(total=steps_per_epoch * pc.num_epochs, initial=start, desc=f"prior {name}", unit="step", dynamic_ncols=True)
-    for epoch in range(first, last):
-        t0 = time.perf_counter()
-        state, step_losses = train_epoch(state, epoch)
-        step_losses = np.asarray(jax.device_get(step_losses))
-        step = int(state["step"])
-        if not np.all(np.isfinite(step_losses)):
-            bad = step - steps_per_epoch + int(np.argmin(np.isfinite(step_losses)))
-            raise PriorError(f"non-finite prior loss at step {bad} (epoch {epoch + 1}); the last good checkpoint is kept")
-        seconds = time.perf_counter() - t0
-        train_lib.append_metrics(workdir, {"step": step, "epoch": epoch + 1, "split": "train", "prior": name,
-                                           f"latent_nll/{name}": float(step_losses.mean()), "steps_per_sec": steps_per_epoch / seconds})
-        record = log_heldout(workdir, name, nnx.merge(graphdef, state["params"]), z_val, step, epoch + 1)
-        checkpoint.save(state_dir, step, state)
-        checkpoint.save(ckpt_dir, step, {"prior": state["params"]})
-        bar.update(steps_per_epoch)
-        bar.set_postfix(val_nll=f"{record[f'latent_nll/{name}']:.2f}", normal=f"{record['latent_nll/standard_normal']:.2f}")
+    step = start
+    with train_lib.stop_on_signals() as signals:
+        for epoch in range(first, last):
+            t0 = time.perf_counter()
+            z, batches = epoch_data(epoch)
+            chunks = (batches[s] for s in train_lib.chunk_slices(steps_per_epoch, pc.steps_per_call, step - epoch * steps_per_epoch))
+            state, step_losses = train_lib.run_chunks(lambda st, b: train_chunk(st, z, b), state, chunks,
+                                                      should_stop=lambda: bool(signals))
+            step_losses = np.zeros(0) if step_losses is None else np.asarray(jax.device_get(step_losses))
+            if not np.all(np.isfinite(step_losses)):
+                bad = step + int(np.argmin(np.isfinite(step_losses)))
+                raise PriorError(f"non-finite prior loss at step {bad} (epoch {epoch + 1}); the last good checkpoint is kept")
+            steps_run, step = int(state["step"]) - step, int(state["step"])
+            if signals and step < (epoch + 1) * steps_per_epoch:  # the resumable state only:
+                checkpoint.save(state_dir, step, state)  # the prior readers see is a whole epoch's
+                raise train_lib.Stopped(signals[0], step, state_dir)
+            seconds = time.perf_counter() - t0
+            train_lib.append_metrics(workdir, {"step": step, "epoch": epoch + 1, "split": "train", "prior": name,
+                                               f"latent_nll/{name}": float(step_losses.mean()), "steps_per_sec": steps_run / seconds})
+            record = log_heldout(workdir, name, nnx.merge(graphdef, state["params"]), z_val, step, epoch + 1)
+            save(step)
+            bar.update(steps_run)
+            bar.set_postfix(val_nll=f"{record[f'latent_nll/{name}']:.2f}", normal=f"{record['latent_nll/standard_normal']:.2f}")
+            if signals:
+                raise train_lib.Stopped(signals[0], step, state_dir)
     bar.close()
     return nnx.merge(graphdef, state["params"])
 

@@ -53,8 +53,8 @@ def matmul_peak_gflops(sizes=(1024, 2048, 3072), repeats=5) -> float:
 def training_images(n=8000):
     try:
         return input_pipeline.read_idx_pair(
-            os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz"), os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))[0][:n]
-    except Exception:
+            os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz"), os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz")).images[:n]
+    except (OSError, input_pipeline.DataError):
         return np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
 
 

@@ -2,6 +2,7 @@ import json
 import logging
 
 import jax
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -28,6 +29,50 @@ def test_statistics_of_a_synthetic_encoder_match_hand_computation():
     np.testing.assert_allclose(s["var_of_z"], [1.25, 1.0, 0.5025], rtol=0.06)
     # dims 0 and 2 move together (dim 2 = 0.05 dim 0): one eigenvalue 1 + 0.05^2, the rest 0
     np.testing.assert_allclose(s["eigenvalues_cov_mu"], [1.0025 * n / (n - 1), 0.0, 0.0], atol=1e-9)
+
+
+def test_a_dimension_the_decoder_ignores_is_counted_inactive(mnist_dir):
+    """Trained on real digits with z[0] cut off from the decoder, the KL term alone acts on
+    dim 0 and pulls every q(z_0|x) to N(0, 1): Var mu_0 -> 0, while used dims stay active."""
+    import optax
+    from flax import nnx
+
+    from vae import input_pipeline, losses
+
+    config = mnist_config("mnist_mlp")
+    config.vae.latent_dim = 4
+    config.vae.hidden = (128,)
+    images = input_pipeline.load_dataset(config.data).train.images[:1024]
+    model = train_lib.create_vae(config)
+    graphdef, params = nnx.split(model)
+    tx = optax.adam(2e-3)
+
+    def loss_fn(params, idx, key):
+        m = nnx.merge(graphdef, params)
+        k_bin, k_z = jax.random.split(key)
+        x = train_lib.prepare_images(images[idx], k_bin, True)
+        mean, logvar = m.encode(x)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)
+        out = m.decode(z.at[:, 0].set(0.0))  # the decoder never sees z[0]
+        return jnp.mean(losses.elbo(x, mean, logvar, z, out, m.likelihood)["loss"])
+
+    @jax.jit
+    def train(params, key):
+        def step(carry, i):
+            params, opt = carry
+            idx = jax.random.choice(jax.random.fold_in(key, i), len(images), (128,), replace=False)
+            grads = jax.grad(loss_fn)(params, idx, jax.random.fold_in(key, -i - 1))
+            updates, opt = tx.update(grads, opt, params)
+            return (optax.apply_updates(params, updates), opt), None
+        return jax.lax.scan(step, (params, tx.init(params)), jnp.arange(400))[0][0]
+
+    params = train(params, jax.random.key(0))
+    x = train_lib.fixed_binarization(images, 1, True)
+    mean, logvar = nnx.merge(graphdef, params).encode(jnp.asarray(x))
+    s = diagnostics.posterior_statistics(mean, logvar, jax.random.key(1))
+    assert s["var_of_mu"][0] < diagnostics.ACTIVE_THRESHOLD < min(s["var_of_mu"][1:])
+    assert s["kl_per_dim"][0] < 0.05 < min(s["kl_per_dim"][1:])  # nats
+    assert s["active_units"] == 3
 
 
 def _is_real_png(path, min_side=100):

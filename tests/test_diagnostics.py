@@ -42,7 +42,7 @@ def test_a_dimension_the_decoder_ignores_is_counted_inactive(mnist_dir):
     config = mnist_config("mnist_mlp")
     config.vae.latent_dim = 4
     config.vae.hidden = (128,)
-    images = input_pipeline.load_dataset(config.data).train.images[:1024]
+    images = jnp.asarray(input_pipeline.load_dataset(config.data).train.images[:1024])
     model = train_lib.create_vae(config)
     graphdef, params = nnx.split(model)
     tx = optax.adam(2e-3)
@@ -67,7 +67,7 @@ def test_a_dimension_the_decoder_ignores_is_counted_inactive(mnist_dir):
         return jax.lax.scan(step, (params, tx.init(params)), jnp.arange(400))[0][0]
 
     params = train(params, jax.random.key(0))
-    x = train_lib.fixed_binarization(images, 1, True)
+    x = train_lib.fixed_binarization(np.asarray(images), 1, True)
     mean, logvar = nnx.merge(graphdef, params).encode(jnp.asarray(x))
     s = diagnostics.posterior_statistics(mean, logvar, jax.random.key(1))
     assert s["var_of_mu"][0] < diagnostics.ACTIVE_THRESHOLD < min(s["var_of_mu"][1:])

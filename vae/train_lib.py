@@ -233,17 +233,26 @@ def rewind_metrics(workdir: str, step: int, *, prior: str | None = None) -> None
 class Stopped(Exception):
     """SIGTERM/SIGINT arrived; a checkpoint was saved at `step` and a rerun resumes there."""
 
-    def __init__(self, signum: int, step: int, where: str):
+    def __init__(self, signum: int, step: int | None, where: str):
         self.signum = signum
+        at = f"at step {step}" if step is not None else "after its last checkpoint"
         super().__init__(
-            f"stopped by {signal.Signals(signum).name} at step {step}; saved a checkpoint in {where}. "
+            f"stopped by {signal.Signals(signum).name} {at}; saved a checkpoint in {where}. "
             "Rerun the same command to resume from it.")
+
+
+_received: list[int] | None = None  # the active stop_on_signals list, if any
 
 
 @contextlib.contextmanager
 def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
     """Yields a list that receives the first SIGTERM/SIGINT; training loops check it between
-    chunks, save, and raise `Stopped`. A second signal acts as it would without this."""
+    chunks, save, and raise `Stopped`. A second signal acts as it would without this.
+    Nested uses share the outermost list, so a signal between stages is not lost."""
+    global _received
+    if _received is not None:
+        yield _received
+        return
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # handlers need the main thread
         yield received
@@ -257,9 +266,11 @@ def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
 
     for s in signums:
         signal.signal(s, handler)
+    _received = received
     try:
         yield received
     finally:
+        _received = None
         for s, h in previous.items():
             signal.signal(s, h)
 
@@ -592,10 +603,17 @@ def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None 
     check_config(config)
     sharding.maybe_initialize_distributed(config.train)
     ensure_writable(workdir)
-    dataset = input_pipeline.load_dataset(config.data)
-    if config.stage in ("vae", "all"):
-        train_vae(config, workdir, dataset, max_epochs_this_run=max_epochs_this_run)
-    if config.stage in ("prior", "all"):
-        from vae import prior_lib
+    # Handlers cover setup and the gaps between stages too: a signal there stops the run
+    # cleanly after the last saved checkpoint instead of killing it outright.
+    with stop_on_signals() as signals:
+        dataset = input_pipeline.load_dataset(config.data)
+        if config.stage in ("vae", "all"):
+            state = train_vae(config, workdir, dataset, max_epochs_this_run=max_epochs_this_run)
+            if signals:  # arrived after the last epoch's checkpoint
+                raise Stopped(signals[0], int(state["step"]), os.path.join(workdir, "checkpoints"))
+        if config.stage in ("prior", "all"):
+            from vae import prior_lib
 
-        prior_lib.fit_priors(config, workdir, dataset, max_epochs_this_run=max_epochs_this_run)
+            prior_lib.fit_priors(config, workdir, dataset, max_epochs_this_run=max_epochs_this_run)
+            if signals:
+                raise Stopped(signals[0], None, os.path.join(workdir, "priors"))

@@ -16,7 +16,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae import cli, train_lib
+from vae import cli, stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, checkpoints, metrics, samples.")
@@ -33,7 +33,7 @@ def main(argv):
         aside = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
         os.rename(workdir, aside)
         print(f"--fresh: moved the existing {workdir} to {aside}", file=sys.stderr)
-    train_lib.train_and_evaluate(_CONFIG.value, workdir)
+    stages.train_and_evaluate(_CONFIG.value, workdir)
 
 
 if __name__ == "__main__":

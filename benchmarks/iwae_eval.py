@@ -13,77 +13,79 @@ device's peak bytes in use). The last line is the summary.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import priors  # noqa: E402
-from configs import mnist_mlp  # noqa: E402
-from vae import input_pipeline, losses, prior_lib, report, train_lib  # noqa: E402
+import priors
+from configs import mnist_mlp
+from vae import cli, evaluation, input_pipeline, losses, models, report
+from vae import workdir as workdir_lib
 
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
 BATCH = 100  # report.iwae_under_prior's default
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir; default: an untrained MLP VAE on MNIST.")
+_K = flags.DEFINE_integer("k", 1000, "Importance samples per image.")
+_N = flags.DEFINE_integer("n", 10000, "Test images evaluated (the first n).")
 
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=None)
-    parser.add_argument("--k", type=int, default=1000)
-    parser.add_argument("--n", type=int, default=10000)
-    args = parser.parse_args()
-    if args.workdir:
-        config, vae = prior_lib.load_vae(args.workdir)
-        images = input_pipeline.load_dataset(config.data).test.images
-        what = f"VAE of {args.workdir}"
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _WORKDIR.value:
+        wd = workdir_lib.open(_WORKDIR.value)
+        config = wd.load_config()
+        vae, _, _ = wd.restore_vae(config)
+        dataset = input_pipeline.load_dataset(config.data)
+        what = f"VAE of {_WORKDIR.value}"
     else:
         config = mnist_mlp.get_config()
-        vae = train_lib.create_vae(config)
-        images = input_pipeline.read_idx_pair(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz"),
-                                              os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz")).images
+        vae = models.create_vae(config)
+        test = input_pipeline.read_idx_pair(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz"),
+                                            os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
+        dataset = input_pipeline.Dataset("mnist", train=None, validation=None, test=test, source=MNIST_DIR)
         what = "untrained MLP VAE (configs/mnist_mlp.py), real MNIST test digits"
-    x = train_lib.fixed_binarization(images[: args.n], config.seed + 2, config.data.binarize)
-    n = len(x)
+    x = evaluation.EvalData(config, dataset).images("test", limit=_N.value)  # binarized as stage 1 sees them
+    n, k = len(x), _K.value
     prior = priors.StandardNormal(vae.latent_shape)
     key = jax.random.key(0)
-    print(f"{what}: {n} images, k={args.k}, on {jax.devices()[0].device_kind}; "
+    print(f"{what}: {n} images, k={k}, on {jax.devices()[0].device_kind}; "
           f"host RSS before: {peak_rss_gib():.2f} GiB")
 
-    report.iwae_under_prior(vae, prior, x[:BATCH], key, args.k)  # compile
+    report.iwae_under_prior(vae, prior, x[:BATCH], key, k)  # compile
     t0 = time.perf_counter()
-    nll, elbo = report.iwae_under_prior(vae, prior, x, key, args.k)
+    nll, elbo = report.iwae_under_prior(vae, prior, x, key, k)
     seconds = time.perf_counter() - t0
 
     # FLOPs of one batch, as XLA counts them for the same call report.py makes
-    chunk = min(args.k, 10) if args.k % 10 == 0 else args.k
-    cost = jax.jit(lambda xb, kb: losses.iwae_bound(vae.encode, vae.decode, vae.likelihood, xb, kb, k=args.k,
+    chunk = min(k, 10) if k % 10 == 0 else k
+    cost = jax.jit(lambda xb, kb: losses.iwae_bound(vae.encode, vae.decode, vae.likelihood, xb, kb, k=k,
                                                     log_prior=prior.log_prob, chunk=chunk, with_elbo=True)
                    ).lower(jnp.asarray(x[:BATCH]), key).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     # a rolled scan's body is counted once: scale by the k / chunk iterations
-    flops_per_batch = cost["flops"] * (args.k // chunk)
+    flops_per_batch = cost["flops"] * (k // chunk)
     gflops = flops_per_batch * (n / BATCH) / seconds / 1e9
     device_peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-    print(f"nll_iwae[k={args.k}] = {float(np.mean(nll)):.2f} nats, ELBO = {float(np.mean(elbo)):.2f} nats")
-    print(f"wall {seconds:.1f} s = {n * args.k / seconds / 1e6:.2f} M decoder samples/s; "
+    print(f"nll_iwae[k={k}] = {float(np.mean(nll)):.2f} nats, ELBO = {float(np.mean(elbo)):.2f} nats")
+    print(f"wall {seconds:.1f} s = {n * k / seconds / 1e6:.2f} M decoder samples/s; "
           f"~{gflops:.0f} GFLOP/s (XLA count {flops_per_batch / 1e9:.2f} GFLOP per batch of {BATCH})")
     memory = f"peak host RSS {peak_rss_gib():.2f} GiB"
     if device_peak:
         memory += f", device peak {device_peak / 2**30:.2f} GiB"
     print(memory)
-    print(f"SUMMARY iwae_eval k={args.k} n={n}: {seconds:.1f} s, ~{gflops:.0f} GFLOP/s, {memory} (target <= 4 GiB)")
+    print(f"SUMMARY iwae_eval k={k} n={n}: {seconds:.1f} s, ~{gflops:.0f} GFLOP/s, {memory} (target <= 4 GiB)")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -9,26 +9,22 @@ also times one forward pass (log_prob) over the same n latents: the least work a
 autoregressive sampler of this network can do.
 """
 
-import argparse
-import importlib.util
 import os
 import platform
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-from flax import nnx  # noqa: E402
+import priors
+from vae import cli
 
-import priors  # noqa: E402
-
-
-def load_config(path):
-    spec = importlib.util.spec_from_file_location("cfg", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config file[:preset].",
+                                          lock_config=True)
+_N = flags.DEFINE_integer("n", 10000, "Latents drawn in fast mode (one batch).")
+_N_NAIVE = flags.DEFINE_integer("n_naive", 200, "Latents drawn in naive mode.")
 
 
 def timed(fn, *args):
@@ -38,34 +34,31 @@ def timed(fn, *args):
     return time.perf_counter() - t0
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/mnist.py")
-    parser.add_argument("--n", type=int, default=10000, help="latents drawn in fast mode (one batch)")
-    parser.add_argument("--n_naive", type=int, default=200, help="latents drawn in naive mode")
-    args = parser.parse_args()
-    config = load_config(args.config)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config, n, n_naive = _CONFIG.value, _N.value, _N_NAIVE.value
     shape = tuple(config.vae.latent_shape)
     prior = priors.build("pixelcnn", shape, config.prior)
     graphdef, state = nnx.split(prior)
     sample = jax.jit(lambda s, k, n, mode: nnx.merge(graphdef, s).sample(k, n, mode=mode), static_argnums=(2, 3))
     key = jax.random.key(0)
-    t_naive = timed(sample, state, key, args.n_naive, "naive")
-    t_fast = timed(sample, state, key, args.n, "fast")
+    t_naive = timed(sample, state, key, n_naive, "naive")
+    t_fast = timed(sample, state, key, n, "fast")
     # Reference: one forward pass (log_prob) over as many latents, the least work any
     # autoregressive sampler of this network can do.
-    z = sample(state, key, args.n, "fast")
+    z = sample(state, key, n, "fast")
     log_prob = jax.jit(lambda s, z: nnx.merge(graphdef, s).log_prob(z))
     t_pass = timed(log_prob, state, z)
-    naive_rate, fast_rate = args.n_naive / t_naive, args.n / t_fast
+    naive_rate, fast_rate = n_naive / t_naive, n / t_fast
     pc = config.prior.pixelcnn
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} cpus, {platform.processor() or platform.machine()}")
     print(f"latent {shape}, pixelcnn features={pc.features} layers={pc.num_layers} mixtures={pc.num_mixtures}")
-    print(f"naive: {args.n_naive} latents in {t_naive:.2f} s = {naive_rate:.1f} samples/s")
-    print(f"fast:  {args.n} latents in {t_fast:.2f} s = {fast_rate:.1f} samples/s")
-    print(f"one forward pass (log_prob) over {args.n} latents: {t_pass:.2f} s; fast sampling = {t_fast / t_pass:.1f} passes")
-    print(f"summary: fast/naive = {fast_rate / naive_rate:.1f}x; {args.n} latents in {t_fast:.2f} s (fast)")
+    print(f"naive: {n_naive} latents in {t_naive:.2f} s = {naive_rate:.1f} samples/s")
+    print(f"fast:  {n} latents in {t_fast:.2f} s = {fast_rate:.1f} samples/s")
+    print(f"one forward pass (log_prob) over {n} latents: {t_pass:.2f} s; fast sampling = {t_fast / t_pass:.1f} passes")
+    print(f"summary: fast/naive = {fast_rate / naive_rate:.1f}x; {n} latents in {t_fast:.2f} s (fast)")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

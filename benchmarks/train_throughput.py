@@ -6,7 +6,7 @@
 Times, in this one process and on the same 8,000 real MNIST images (random bytes if the
 offline copy is missing; speed does not depend on the pixel values):
   * this machine's dense-matmul peak: the best GFLOP/s of a jitted float32 matmul;
-  * the training step as `train.py` runs it (`train_lib.make_step_functions`: device-resident
+  * the training step as `train.py` runs it (`vae_stage.make_step_functions`: device-resident
     uint8 data, dynamic binarization, Adam + clipping, one jitted call per epoch for the MLP,
     unrolled chunks for the conv VAE): steps/s, images/s, and GFLOP/s from XLA's own FLOP
     count of one step, as a share of the matmul peak;
@@ -17,23 +17,27 @@ Compilation and the first epoch are excluded on both sides. The last line is the
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from configs import mnist, mnist_mlp  # noqa: E402
-from vae import input_pipeline, sharding, train_lib  # noqa: E402
+from configs import mnist, mnist_mlp
+from vae import cli, input_pipeline, models, optim, sharding, vae_stage
 
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
+
+_ARCH = flags.DEFINE_enum("arch", "mlp", ["mlp", "conv"], "VAE architecture (configs/mnist_mlp.py or configs/mnist.py).")
+_BATCH = flags.DEFINE_integer("batch", 128, "Batch size.")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs of 8,000 images (62 steps at batch 128).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "config.train.compute_dtype.")
+_DATA_PLACEMENT = flags.DEFINE_enum("data_placement", "auto", ["auto", "device", "streamed"],
+                                    "config.train.data_placement.")
 
 
 def matmul_peak_gflops(sizes=(1024, 2048, 3072), repeats=5) -> float:
@@ -69,14 +73,13 @@ def config_for(arch, batch, dtype, data_placement):
 def time_jax(config, images, epochs):
     """(steps/s, GFLOP per step) of train.py's epoch function."""
     mesh = sharding.make_mesh(config.train.num_devices)
-    model = train_lib.create_vae(config)
+    model = models.create_vae(config)
     graphdef, params = nnx.split(model)
     steps_per_epoch = len(images) // config.train.batch_size
-    tx = train_lib.make_optimizer(config.train, steps_per_epoch * (epochs + 1))
-    state = sharding.put({"params": params, "opt_state": tx.init(params), "step": jnp.asarray(0, jnp.int32)},
-                         sharding.replicated(mesh))
-    fns = train_lib.make_step_functions(graphdef, tx, config, mesh)
-    resident = train_lib.device_resident(config, argparse.Namespace(train=argparse.Namespace(images=images)), mesh)
+    tx = optim.make_optimizer(config.train, steps_per_epoch * (epochs + 1))
+    state = sharding.put(optim.init_state(tx, params), sharding.replicated(mesh))
+    fns = vae_stage.make_step_functions(graphdef, tx, config, mesh)
+    resident = sharding.device_resident(config, images, mesh)
     data = sharding.put(images, sharding.replicated(mesh)) if resident else images
     key = jax.random.key(0)
     state, m = fns.train_epoch(state, data, key, 0)  # compile + first epoch
@@ -167,39 +170,35 @@ def time_torch(config, images, epochs):
     return epochs * steps_per_epoch / (time.perf_counter() - t0)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="mlp", choices=("mlp", "conv"))
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs of 8,000 images (62 steps at batch 128)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--data_placement", default="auto", choices=("auto", "device", "streamed"))
-    args = parser.parse_args()
-    config = config_for(args.arch, args.batch, args.dtype, args.data_placement)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    arch, batch, dtype = _ARCH.value, _BATCH.value, _DTYPE.value
+    config = config_for(arch, batch, dtype, _DATA_PLACEMENT.value)
     images = training_images()
     device = jax.devices()[0]
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"jax {jax.__version__} on {jax.device_count()} x {device.device_kind} ({device.platform})")
     peak = matmul_peak_gflops()
     print(f"dense float32 matmul peak: {peak:.1f} GFLOP/s")
-    steps, gflop = time_jax(config, images, args.epochs)
+    steps, gflop = time_jax(config, images, _EPOCHS.value)
     achieved = steps * gflop
-    print(f"jax ({args.arch}, batch {args.batch}, {args.dtype}): {steps:.1f} steps/s = {steps * args.batch:.0f} images/s; "
+    print(f"jax ({arch}, batch {batch}, {dtype}): {steps:.1f} steps/s = {steps * batch:.0f} images/s; "
           f"{gflop * 1e3:.1f} MFLOP/step (XLA count) -> {achieved:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of peak")
-    torch_steps = time_torch(config, images, args.epochs) if args.dtype == "float32" else None
+    torch_steps = time_torch(config, images, _EPOCHS.value) if dtype == "float32" else None
     if torch_steps is None:
         print("pytorch eager: not run (torch not installed, or bf16 asked)")
         ratio = "n/a"
     else:
         import torch
 
-        print(f"pytorch {torch.__version__} eager ({args.arch}, batch {args.batch}): {torch_steps:.1f} steps/s "
-              f"= {torch_steps * args.batch:.0f} images/s")
+        print(f"pytorch {torch.__version__} eager ({arch}, batch {batch}): {torch_steps:.1f} steps/s "
+              f"= {torch_steps * batch:.0f} images/s")
         ratio = f"{steps / torch_steps:.2f}x"
-    print(f"SUMMARY train_throughput arch={args.arch} batch={args.batch} dtype={args.dtype} device={device.device_kind}: "
+    print(f"SUMMARY train_throughput arch={arch} batch={batch} dtype={dtype} device={device.device_kind}: "
           f"{steps:.1f} steps/s, {100 * achieved / peak:.0f}% of matmul peak ({achieved:.1f}/{peak:.1f} GFLOP/s), "
           f"jax/pytorch-eager {ratio}")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

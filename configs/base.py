@@ -2,6 +2,8 @@
 
 import ml_collections
 
+import priors
+
 
 def get_base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -55,13 +57,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.prior.warmup_steps = 200
     config.prior.grad_clip_norm = 1.0
     config.prior.steps_per_call = 8
-    config.prior.pixelcnn = ml_collections.ConfigDict(
-        dict(features=64, num_layers=4, kernel_size=3, num_mixtures=5)
-    )
-    config.prior.made = ml_collections.ConfigDict(dict(hidden=(256, 256), num_mixtures=5))
-    config.prior.gmm = ml_collections.ConfigDict(
-        dict(num_components=20, covariance="full", num_iters=100, reg=1e-4)
-    )
+    # One section per registered prior with hyper-parameters: config.prior.<name>.
+    for name in priors.registry.names():
+        spec = priors.registry.get(name)
+        if spec.config:
+            config.prior[name] = ml_collections.ConfigDict(spec.config)
     return config
 
 
@@ -83,14 +83,10 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.prior.learning_rate = 3e-3
     config.prior.batch_size = 64
     config.prior.warmup_steps = 10
-    config.prior.pixelcnn.features = 16
-    config.prior.pixelcnn.num_layers = 2
-    config.prior.pixelcnn.num_mixtures = 3
-    config.prior.made.hidden = (32,)
-    config.prior.made.num_mixtures = 3
-    config.prior.gmm.num_components = 4
-    config.prior.gmm.covariance = "diag"  # 2k latents cannot support 98x98 covariances
-    config.prior.gmm.num_iters = 20
+    for name in priors.registry.names():  # each prior's own small size
+        smoke = priors.registry.get(name).smoke
+        if smoke:
+            config.prior[name].update(smoke)
     return config
 
 

@@ -14,21 +14,26 @@ Writes ROOT/kl_estimators.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from configs import mnist_mlp  # noqa: E402
-from vae import input_pipeline, losses, train_lib  # noqa: E402
+from configs import mnist_mlp
+from vae import cli, input_pipeline, losses, stages
+from vae.workdir import Workdir
 
 DEFAULT_IDX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
+
+_EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs of each run.")
+_DRAWS = flags.DEFINE_integer("draws", 200, "Gradient draws per variance estimate.")
+_ROOT = flags.DEFINE_string("root", "runs/experiments/kl_estimators", "Directory of the two runs and kl_estimators.json.")
+_IDX_DIR = flags.DEFINE_string("idx_dir", DEFAULT_IDX if os.path.isdir(DEFAULT_IDX) else "",
+                               "MNIST IDX directory (config.data.idx_dir).")
 
 
 def gradient_variance(model, images_uint8, kl: str, draws: int, seed: int = 0) -> dict:
@@ -37,7 +42,7 @@ def gradient_variance(model, images_uint8, kl: str, draws: int, seed: int = 0) -
 
     def loss(params, key):
         key_bin, key_z = jax.random.split(key)
-        x = train_lib.prepare_images(images_uint8, key_bin, True)
+        x = input_pipeline.prepare_images(images_uint8, key_bin, True)
         mean, logvar, z, out = nnx.merge(graphdef, params)(x, key_z)
         return jnp.mean(losses.elbo(x, mean, logvar, z, out, model.likelihood, kl=kl)["loss"])
 
@@ -57,31 +62,27 @@ def gradient_variance(model, images_uint8, kl: str, draws: int, seed: int = 0) -
     return {"total_variance": var, "mean_gradient_sq_norm": mean_sq, "relative_variance": var / mean_sq}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--draws", type=int, default=200)
-    parser.add_argument("--root", default="runs/experiments/kl_estimators")
-    parser.add_argument("--idx_dir", default=DEFAULT_IDX if os.path.isdir(DEFAULT_IDX) else "")
-    args = parser.parse_args()
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     results = {"command": " ".join(sys.argv)}
     batch = None
     for kl in ("analytic", "mc"):
         config = mnist_mlp.get_config()
-        config.data.idx_dir = args.idx_dir
-        config.train.num_epochs = args.epochs
+        config.data.idx_dir = _IDX_DIR.value
+        config.train.num_epochs = _EPOCHS.value
         config.vae.kl = kl
         config.stage = "vae"
-        workdir = os.path.join(args.root, kl)
-        train_lib.train_and_evaluate(config, workdir)
+        wd = Workdir(os.path.join(_ROOT.value, kl))
+        stages.train_and_evaluate(config, wd.path)
         if batch is None:
             batch = input_pipeline.load_dataset(config.data).test.images[:128]
-        test = [m for m in train_lib.read_metrics(workdir) if m["split"] == "test" and "elbo" in m][-1]
-        model, _, _ = train_lib.restore_vae(workdir, config, kind="latest")
+        test = [m for m in wd.read_metrics() if m["split"] == "test" and "elbo" in m][-1]
+        model, _, _ = wd.restore_vae(config, kind="latest")
         results[kl] = {"final_test_elbo": test["elbo"], "final_test_kl": test["kl"],
-                       "gradient_at_these_params": {est: gradient_variance(model, batch, est, args.draws)
+                       "gradient_at_these_params": {est: gradient_variance(model, batch, est, _DRAWS.value)
                                                     for est in ("analytic", "mc")}}
-    with open(os.path.join(args.root, "kl_estimators.json"), "w") as f:
+    with open(os.path.join(_ROOT.value, "kl_estimators.json"), "w") as f:
         json.dump(results, f, indent=2)
     print("| trained with | final test ELBO | grad variance (analytic KL) | grad variance (MC KL) | ratio MC/analytic |")
     print("|---|---|---|---|---|")
@@ -90,8 +91,8 @@ def main():
         print(f"| kl={kl} | {results[kl]['final_test_elbo']:.2f} | {g['analytic']['total_variance']:.4g} "
               f"(rel {g['analytic']['relative_variance']:.3g}) | {g['mc']['total_variance']:.4g} "
               f"(rel {g['mc']['relative_variance']:.3g}) | {g['mc']['total_variance'] / g['analytic']['total_variance']:.2f} |")
-    print(f"wrote {args.root}/kl_estimators.json")
+    print(f"wrote {_ROOT.value}/kl_estimators.json")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

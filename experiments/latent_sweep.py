@@ -13,39 +13,45 @@ its own diagnostics/ and report/. Reruns skip what is already done (every stage 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from configs import mnist_mlp  # noqa: E402
-from vae import diagnostics, report, train_lib  # noqa: E402
+from configs import mnist_mlp
+from vae import cli, diagnostics, report, stages
+from vae.workdir import Workdir
 
 DEFAULT_IDX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
 
+_DIMS = flags.DEFINE_list("dims", "2,4,8,16,32", "Latent dimensions to sweep, comma-separated.")
+_EPOCHS = flags.DEFINE_integer("epochs", 20, "Training epochs of each VAE.")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", 5000, "Samples per prior for fd_classifier.")
+_ROOT = flags.DEFINE_string("root", "runs/experiments/latent_sweep", "Directory of the per-d runs, sweep.json and sweep.png.")
+_IDX_DIR = flags.DEFINE_string("idx_dir", DEFAULT_IDX if os.path.isdir(DEFAULT_IDX) else "",
+                               "MNIST IDX directory (config.data.idx_dir).")
 
-def run_one(d: int, workdir: str, args) -> dict:
+
+def run_one(d: int, workdir: str) -> dict:
     config = mnist_mlp.get_config()
-    config.data.idx_dir = args.idx_dir
+    config.data.idx_dir = _IDX_DIR.value
     config.vae.latent_dim = d
-    config.train.num_epochs = args.epochs
+    config.train.num_epochs = _EPOCHS.value
     config.prior.name = "gmm"
-    train_lib.train_and_evaluate(config, workdir)
+    stages.train_and_evaluate(config, workdir)
     diag = diagnostics.diagnose(workdir)
-    shared = os.path.join(args.root, "classifier")  # train the classifier once, reuse it for every d
+    shared = os.path.join(_ROOT.value, "classifier")  # train the classifier once, reuse it for every d
     if os.path.isdir(shared) and not os.path.isdir(os.path.join(workdir, "classifier")):
         shutil.copytree(shared, os.path.join(workdir, "classifier"))
-    rep = report.compare(workdir, n_samples=args.n_samples, k=10, seed=0, command="experiments/latent_sweep.py")
+    rep = report.compare(workdir, n_samples=_N_SAMPLES.value, k=10, seed=0, command="experiments/latent_sweep.py")
     if not os.path.isdir(shared):
         shutil.copytree(os.path.join(workdir, "classifier"), shared)
     stats, normal, gmm = diag["statistics"], rep["priors"]["standard_normal"], rep["priors"]["gmm"]
-    test = [m for m in train_lib.read_metrics(workdir) if m["split"] == "test" and "elbo" in m][-1]
+    test = [m for m in Workdir(workdir).read_metrics() if m["split"] == "test" and "elbo" in m][-1]
     return {
         "latent_dim": d,
         "test_elbo": test["elbo"],
@@ -91,26 +97,21 @@ def plot(rows, path):
     fig.savefig(path, dpi=110)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dims", default="2,4,8,16,32")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--n_samples", type=int, default=5000, help="samples per prior for fd_classifier")
-    parser.add_argument("--root", default="runs/experiments/latent_sweep")
-    parser.add_argument("--idx_dir", default=DEFAULT_IDX if os.path.isdir(DEFAULT_IDX) else "")
-    args = parser.parse_args()
-    rows = [run_one(int(d), os.path.join(args.root, f"d{d}"), args) for d in args.dims.split(",")]
-    with open(os.path.join(args.root, "sweep.json"), "w") as f:
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    rows = [run_one(int(d), os.path.join(_ROOT.value, f"d{d}")) for d in _DIMS.value]
+    with open(os.path.join(_ROOT.value, "sweep.json"), "w") as f:
         json.dump({"command": " ".join(sys.argv), "rows": rows}, f, indent=2)
-    plot(rows, os.path.join(args.root, "sweep.png"))
+    plot(rows, os.path.join(_ROOT.value, "sweep.png"))
     keys = ("latent_dim", "test_elbo", "average_kl", "mutual_info", "marginal_kl", "marginal_kl_per_dim",
             "active_units", "fd_classifier_standard_normal", "fd_classifier_gmm", "fd_ratio_gmm_over_standard_normal")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
-    print(f"wrote {args.root}/sweep.json and sweep.png; per-d diagnostics in {args.root}/d*/diagnostics")
+    print(f"wrote {_ROOT.value}/sweep.json and sweep.png; per-d diagnostics in {_ROOT.value}/d*/diagnostics")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -13,21 +13,28 @@ whose only minimum is (0, 1). Writes WORKDIR/dynamics.json and dynamics.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from absl import app, flags
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from configs import mnist_mlp  # noqa: E402
-from vae import input_pipeline, train_lib  # noqa: E402
+from configs import mnist_mlp
+from vae import cli, evaluation, input_pipeline, models, stages
+from vae.workdir import Workdir
 
 DEFAULT_IDX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
+
+_LATENT_DIM = flags.DEFINE_integer("latent_dim", 2, "Latent dimension of the MLP VAE.")
+_EPOCHS = flags.DEFINE_integer("epochs", 20, "Training epochs.")
+_PROBES = flags.DEFINE_integer("probes", 12, "Probe test images (one per digit class first).")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/experiments/posterior_dynamics",
+                               "Training workdir; also gets dynamics.json and dynamics.png.")
+_IDX_DIR = flags.DEFINE_string("idx_dir", DEFAULT_IDX if os.path.isdir(DEFAULT_IDX) else "",
+                               "MNIST IDX directory (config.data.idx_dir).")
 
 
 def probe_images(dataset, n):
@@ -39,8 +46,8 @@ def probe_images(dataset, n):
     return dataset.test.images[idx], labels[idx]
 
 
-def encode_probes(workdir, config, x):
-    model, step, _ = train_lib.restore_vae(workdir, config, kind="latest")
+def encode_probes(wd, config, x):
+    model, step, _ = wd.restore_vae(config, kind="latest")
     mean, logvar = model.encode(x)
     return step, np.asarray(mean), np.exp(0.5 * np.asarray(logvar))
 
@@ -69,29 +76,27 @@ def plot(record, path):
     fig.savefig(path, dpi=110)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latent_dim", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--probes", type=int, default=12)
-    parser.add_argument("--workdir", default="runs/experiments/posterior_dynamics")
-    parser.add_argument("--idx_dir", default=DEFAULT_IDX if os.path.isdir(DEFAULT_IDX) else "")
-    args = parser.parse_args()
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = mnist_mlp.get_config()
-    config.data.idx_dir = args.idx_dir
-    config.vae.latent_dim = args.latent_dim
-    config.train.num_epochs = args.epochs
+    config.data.idx_dir = _IDX_DIR.value
+    config.vae.latent_dim = _LATENT_DIM.value
+    config.train.num_epochs = _EPOCHS.value
     config.stage = "vae"
     dataset = input_pipeline.load_dataset(config.data)
-    images, labels = probe_images(dataset, args.probes)
-    x = train_lib.fixed_binarization(images, config.seed + 2, config.data.binarize)
+    images, labels = probe_images(dataset, _PROBES.value)
+    # binarized with the test split's evaluation seed, as stage 1 sees test images
+    x = input_pipeline.fixed_binarization(images, evaluation.EvalData(config, dataset).seed("test"),
+                                          config.data.binarize)
 
-    init_model = train_lib.create_vae(config)  # what checkpoint step 0 would hold
+    init_model = models.create_vae(config)  # what checkpoint step 0 would hold
     m0, lv0 = init_model.encode(x)
     steps, mus, sigmas = [0], [np.asarray(m0)], [np.exp(0.5 * np.asarray(lv0))]
-    for _ in range(args.epochs):
-        train_lib.train_vae(config, args.workdir, dataset, max_epochs_this_run=1)
-        step, m, s = encode_probes(args.workdir, config, x)
+    wd = Workdir(_WORKDIR.value)
+    for _ in range(_EPOCHS.value):  # one epoch per call: each resumes the last
+        stages.train_and_evaluate(config, wd.path, max_epochs_this_run=1)
+        step, m, s = encode_probes(wd, config, x)
         steps.append(step), mus.append(m), sigmas.append(s)
     mu, sigma = np.stack(mus), np.stack(sigmas)
     final_kl = mu[-1] ** 2 / 2 + (sigma[-1] ** 2 - 1) / 2 - np.log(sigma[-1])
@@ -103,15 +108,15 @@ def main():
         "final_mean_abs_mu_per_dim": np.abs(mu[-1]).mean(0).tolist(),
         "initial_kl_per_dim_mean_over_probes": (mu[0] ** 2 / 2 + (sigma[0] ** 2 - 1) / 2 - np.log(sigma[0])).mean(0).tolist(),
     }
-    with open(os.path.join(args.workdir, "dynamics.json"), "w") as f:
+    with open(os.path.join(_WORKDIR.value, "dynamics.json"), "w") as f:
         json.dump(record, f, indent=2)
-    plot(record, os.path.join(args.workdir, "dynamics.png"))
-    for j in range(args.latent_dim):
+    plot(record, os.path.join(_WORKDIR.value, "dynamics.png"))
+    for j in range(_LATENT_DIM.value):
         print(f"dim {j}: KL per probe {record['initial_kl_per_dim_mean_over_probes'][j]:.3f} -> "
               f"{record['final_kl_per_dim_mean_over_probes'][j]:.3f} nats; median sigma "
               f"{record['final_median_sigma_per_dim'][j]:.3f}; mean |mu| {record['final_mean_abs_mu_per_dim'][j]:.3f}")
-    print(f"wrote {args.workdir}/dynamics.json and dynamics.png")
+    print(f"wrote {_WORKDIR.value}/dynamics.json and dynamics.png")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

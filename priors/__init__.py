@@ -1,23 +1,33 @@
-"""Learned priors over VAE latents, all with one small interface (`Prior`).
+"""Priors over VAE latents, all with one small interface (`Prior`), found by name in a registry.
 
 A prior is fitted by maximum likelihood to latents of a frozen encoder; nothing here
-imports training code. `build(name, latent_shape, prior_config)` makes one from a config.
+imports training code. Each module registers itself (see `priors.registry`); importing this
+package imports every module in it, so a new prior is one new file.
+`build(name, latent_shape, prior_config)` makes one from config.prior.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Protocol
 
 import jax
 from flax import nnx
 
-from priors.gmm import GMM
-from priors.made import MADE
-from priors.pixelcnn import PixelCNN
-from priors.standard_normal import StandardNormal
+from priors import registry
 
-NAMES = ("standard_normal", "gmm", "made", "pixelcnn")
-GRADIENT_FITTED = ("made", "pixelcnn")
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from priors.gmm import GMM  # noqa: E402
+from priors.made import MADE  # noqa: E402
+from priors.pixelcnn import PixelCNN  # noqa: E402
+from priors.standard_normal import StandardNormal  # noqa: E402
+
+__all__ = ["GMM", "MADE", "NAMES", "BASELINE", "PixelCNN", "Prior", "StandardNormal", "build", "registry"]
+NAMES = registry.names()
+BASELINE = "standard_normal"  # the prior the VAE was trained with; every report scores it beside the others
 
 
 class Prior(Protocol):
@@ -30,18 +40,12 @@ class Prior(Protocol):
         """-> (n, *latent_shape)."""
 
 
-def build(name: str, latent_shape, prior_config, *, seed: int = 0) -> Prior:
-    """The prior `name` for `latent_shape` with hyper-parameters from `config.prior`."""
-    latent_shape = tuple(int(s) for s in latent_shape)
-    if name == "standard_normal":
-        return StandardNormal(latent_shape)
-    if name == "gmm":
-        c = prior_config.gmm
-        return GMM(latent_shape, c.num_components, c.covariance, c.reg)
-    if name == "made":
-        c = prior_config.made
-        return MADE(latent_shape, tuple(c.hidden), c.num_mixtures, rngs=nnx.Rngs(seed))
-    if name == "pixelcnn":
-        c = prior_config.pixelcnn
-        return PixelCNN(latent_shape, c.features, c.num_layers, c.kernel_size, c.num_mixtures, rngs=nnx.Rngs(seed))
-    raise ValueError(f"config.prior.name: unknown prior {name!r}; expected one of {NAMES}")
+def build(name: str, latent_shape, prior_config=None, *, seed: int = 0) -> Prior:
+    """The prior `name` for `latent_shape` with hyper-parameters from config.prior.<name>."""
+    if name not in registry.names():
+        raise ValueError(f"config.prior.name: unknown prior {name!r}; expected one of {registry.names()}")
+    spec = registry.get(name)
+    section = prior_config.get(name) if prior_config is not None else None
+    if spec.config and section is None:
+        raise ValueError(f"config.prior.{name} is missing: the hyper-parameters of prior {name!r}")
+    return spec.build(tuple(int(s) for s in latent_shape), section, nnx.Rngs(seed))

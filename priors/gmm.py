@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from priors.registry import Spec, register
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -127,3 +129,14 @@ def fit(gmm: GMM, key, z, num_iters: int):
     state, trace = run(state)
     nnx.update(gmm, state)
     return gmm, trace
+
+
+register(Spec(
+    name="gmm",
+    fit="em",
+    build=lambda latent_shape, c, rngs: GMM(latent_shape, c.num_components, c.covariance, c.reg),
+    em=lambda prior, key, z, c: fit(prior, key, z, c.num_iters),
+    config=dict(num_components=20, covariance="full", num_iters=100, reg=1e-4),
+    smoke=dict(num_components=4, covariance="diag", num_iters=20),  # 2k latents cannot support 98x98 covariances
+    doc="ex-post Gaussian mixture, fitted by EM",
+))

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from priors import mixture
+from priors.registry import Spec, register
 
 
 def _degrees(latent_dim: int, hidden: tuple[int, ...]) -> list[np.ndarray]:
@@ -64,3 +65,13 @@ class MADE(nnx.Module):
             return z.at[:, i].set(value)
 
         return jax.lax.fori_loop(0, d, body, jnp.zeros((n, d)))
+
+
+register(Spec(
+    name="made",
+    fit="gradient",
+    build=lambda latent_shape, c, rngs: MADE(latent_shape, tuple(c.hidden), c.num_mixtures, rngs=rngs),
+    config=dict(hidden=(256, 256), num_mixtures=5),
+    smoke=dict(hidden=(32,), num_mixtures=3),
+    doc="masked autoregressive MLP for vector latents",
+))

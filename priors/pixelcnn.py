@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from priors import mixture
+from priors.registry import Spec, register
 
 
 def down_shift(x):
@@ -228,3 +229,14 @@ class PixelCNN(nnx.Module):
         v0 = [jnp.zeros((n, kh - 1, wid, f)) for _ in range(num_layers)]
         z, _ = jax.lax.fori_loop(0, hgt, row, (jnp.zeros((n, *self.latent_shape)), v0))
         return z
+
+
+register(Spec(
+    name="pixelcnn",
+    fit="gradient",
+    build=lambda latent_shape, c, rngs: PixelCNN(latent_shape, c.features, c.num_layers, c.kernel_size,
+                                                 c.num_mixtures, rngs=rngs),
+    config=dict(features=64, num_layers=4, kernel_size=3, num_mixtures=5),
+    smoke=dict(features=16, num_layers=2, num_mixtures=3),
+    doc="gated PixelCNN over spatial latents",
+))

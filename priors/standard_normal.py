@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from priors.registry import Spec, register
+
 
 class StandardNormal(nnx.Module):
     def __init__(self, latent_shape):
@@ -19,3 +21,7 @@ class StandardNormal(nnx.Module):
 
     def sample(self, key, n: int):
         return jax.random.normal(key, (n, *self.latent_shape))
+
+
+register(Spec(name="standard_normal", fit="none", build=lambda latent_shape, section, rngs: StandardNormal(latent_shape),
+              doc="N(0, I), the prior the VAE is trained with"))

@@ -1,8 +1,18 @@
-"""Shared fixtures: real MNIST from ../shared, and one smoke main job trained per session."""
+"""Shared fixtures and helpers.
 
+Session fixtures train once and are shared read-only (tests that change a run copy it first):
+  smoke_workdir  README's main job (conv VAE + GMM + PixelCNN) on the smoke preset
+  straight_run   the MLP smoke VAE (6 epochs) and a MADE prior, uninterrupted, for the
+                 resume/bad-input tests to compare against
+Real MNIST comes from ../shared; CLI helpers run train.py/sample.py as real subprocesses.
+"""
+
+import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -29,10 +39,10 @@ def mnist_dir():
 @pytest.fixture(scope="session")
 def smoke_workdir(mnist_dir, tmp_path_factory):
     """README's main job (VAE + GMM + PixelCNN) on the smoke preset, trained once."""
-    from vae import train_lib
+    from vae import stages
 
     workdir = tmp_path_factory.mktemp("smoke") / "run"
-    train_lib.train_and_evaluate(mnist_config(), str(workdir))
+    stages.train_and_evaluate(mnist_config(), str(workdir))
     return workdir
 
 
@@ -47,7 +57,104 @@ def copy_of(tmp_path):
 
 
 def read_metrics(workdir):
-    import json
-
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+# ----------------------------------------------------------------------------- the MLP run and the CLI
+
+
+EPOCHS = 6  # of 32 steps each on the MLP smoke preset
+TIMING_KEYS = ("steps_per_sec", "images_per_sec")
+
+
+def mlp_config(**overrides):
+    config = mnist_config("mnist_mlp")
+    config.stage = "vae"
+    config.train.num_epochs = EPOCHS
+    config.prior.name = "made"
+    config.prior.num_epochs = 4
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    return config
+
+
+def cli_args(workdir, *extra):
+    return ["train.py", "--config", "configs/mnist_mlp.py:smoke", "--workdir", str(workdir),
+            f"--config.data.idx_dir={MNIST_DIR}", f"--config.train.num_epochs={EPOCHS}",
+            "--config.prior.name=made", "--config.prior.num_epochs=4", *extra]
+
+
+def subprocess_env(tmp_path_factory):
+    # Every resumed process compiles the same functions: a shared persistent cache saves that.
+    cache = str(tmp_path_factory.getbasetemp() / "jax_cache")
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1", "JAX_COMPILATION_CACHE_DIR": cache,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def run_cli(args, env=None, prefix=()):
+    return subprocess.run([*prefix, sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def vae_state(workdir, config, kind="latest"):
+    from flax import nnx
+
+    from vae import checkpoint, models, optim
+
+    graphdef, params = nnx.split(models.create_vae(config))
+    target = optim.init_state(optim.make_optimizer(config.train, 1), params)
+    return checkpoint.restore(os.path.join(workdir, "checkpoints"), target, kind=kind)
+
+
+def assert_trees_equal(a, b):
+    import jax
+    import numpy as np
+
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def assert_every_checkpoint_restores(ckpt_dir, target):
+    from vae import checkpoint
+
+    for kind in ("latest", "best"):
+        for step in checkpoint.steps(ckpt_dir, kind):
+            restored = checkpoint.restore(ckpt_dir, target, step=step, kind=kind)
+            assert int(restored["step"]) == step
+
+
+@pytest.fixture(scope="session")
+def straight_run(mnist_dir, tmp_path_factory):
+    """The MLP smoke VAE (6 epochs) and a MADE prior on it, uninterrupted, in-process."""
+    workdir = tmp_path_factory.mktemp("straight") / "run"
+    from vae import stages
+
+    stages.train_and_evaluate(mlp_config(), str(workdir))
+    config = mlp_config()
+    config.stage = "prior"
+    stages.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def trained_steps(workdir, prior=None):
+    return [r["step"] for r in (read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else [])
+            if r["split"] == "train" and r.get("prior") == prior]
+
+
+def snapshot(directory):
+    """{relative path: sha256} of every file under `directory`."""
+    import hashlib
+
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import mnist_config
-from vae import diagnostics, train_lib
+from vae import diagnostics, input_pipeline, models, stages
 
 
 def test_statistics_of_a_synthetic_encoder_match_hand_computation():
@@ -37,20 +37,20 @@ def test_a_dimension_the_decoder_ignores_is_counted_inactive(mnist_dir):
     import optax
     from flax import nnx
 
-    from vae import input_pipeline, losses
+    from vae import losses
 
     config = mnist_config("mnist_mlp")
     config.vae.latent_dim = 4
     config.vae.hidden = (128,)
     images = jnp.asarray(input_pipeline.load_dataset(config.data).train.images[:1024])
-    model = train_lib.create_vae(config)
+    model = models.create_vae(config)
     graphdef, params = nnx.split(model)
     tx = optax.adam(2e-3)
 
     def loss_fn(params, idx, key):
         m = nnx.merge(graphdef, params)
         k_bin, k_z = jax.random.split(key)
-        x = train_lib.prepare_images(images[idx], k_bin, True)
+        x = input_pipeline.prepare_images(images[idx], k_bin, True)
         mean, logvar = m.encode(x)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)
         out = m.decode(z.at[:, 0].set(0.0))  # the decoder never sees z[0]
@@ -67,7 +67,7 @@ def test_a_dimension_the_decoder_ignores_is_counted_inactive(mnist_dir):
         return jax.lax.scan(step, (params, tx.init(params)), jnp.arange(400))[0][0]
 
     params = train(params, jax.random.key(0))
-    x = train_lib.fixed_binarization(np.asarray(images), 1, True)
+    x = input_pipeline.fixed_binarization(np.asarray(images), 1, True)
     mean, logvar = nnx.merge(graphdef, params).encode(jnp.asarray(x))
     s = diagnostics.posterior_statistics(mean, logvar, jax.random.key(1))
     assert s["var_of_mu"][0] < diagnostics.ACTIVE_THRESHOLD < min(s["var_of_mu"][1:])
@@ -98,7 +98,7 @@ def test_command_on_a_2d_latent_draws_the_maps(tmp_path, mnist_dir):
     config = mnist_config("mnist_mlp")
     config.vae.latent_dim = 2
     config.prior.name = "gmm"
-    train_lib.train_and_evaluate(config, str(tmp_path / "w"))
+    stages.train_and_evaluate(config, str(tmp_path / "w"))
     result = diagnostics.diagnose(str(tmp_path / "w"))
     assert {"latent_map.png", "aggregate_posterior.png", "manifold.png"} <= set(result["files"])
     for name in result["files"]:

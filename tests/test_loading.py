@@ -8,6 +8,7 @@ import pytest
 import vae
 from tests.conftest import REPO, read_metrics
 from vae import checkpoint
+from vae.errors import CheckpointError
 
 NOTEBOOK = REPO / "notebooks" / "inspect_checkpoint.ipynb"
 
@@ -27,7 +28,7 @@ def test_load_picks_best_latest_or_step(smoke_workdir):
     assert vae.load(str(smoke_workdir)).step == best["step"]
     steps = checkpoint.steps(str(smoke_workdir / "checkpoints"))
     assert vae.load(str(smoke_workdir), step=steps[0]).step == steps[0]
-    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at step 7"):
+    with pytest.raises(CheckpointError, match="no checkpoint at step 7"):
         vae.load(str(smoke_workdir), step=7)
 
 
@@ -42,14 +43,14 @@ def test_load_errors(smoke_workdir, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(smoke_workdir / "config.json", bare / "config.json")
-    with pytest.raises(checkpoint.CheckpointError, match="has no VAE checkpoint"):
+    with pytest.raises(CheckpointError, match="has no VAE checkpoint"):
         vae.load(str(bare))
     mismatched = tmp_path / "mismatched"
     shutil.copytree(smoke_workdir, mismatched)
     config = json.loads((mismatched / "config.json").read_text())
     config["vae"]["latent_shape"] = [7, 7, 5]
     (mismatched / "config.json").write_text(json.dumps(config))
-    with pytest.raises(checkpoint.CheckpointError, match="written for another model"):
+    with pytest.raises(CheckpointError, match="written for another model"):
         vae.load(str(mismatched))
 
 

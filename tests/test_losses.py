@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from tests.conftest import mnist_config
-from vae import losses, train_lib
+from vae import input_pipeline, losses, models
 
 
 def test_kl_of_identical_gaussians_is_zero():
@@ -41,12 +41,11 @@ def test_bernoulli_log_prob_matches_direct_formula():
 
 
 def test_iwae_is_above_elbo_and_grows_with_k(mnist_dir):
-    from vae import input_pipeline
 
     config = mnist_config("mnist_mlp")
-    model = train_lib.create_vae(config)
+    model = models.create_vae(config)
     ds = input_pipeline.load_dataset(config.data)
-    x = jnp.asarray(train_lib.fixed_binarization(ds.test.images[:64], 0, True))
+    x = jnp.asarray(input_pipeline.fixed_binarization(ds.test.images[:64], 0, True))
     graphdef, params = nnx.split(model)
 
     @functools.partial(jax.jit, static_argnums=2)

@@ -6,7 +6,8 @@ from configs import fashion_mnist, mnist, mnist_mlp
 from flax import nnx
 
 from tests.conftest import mnist_config
-from vae import models, train_lib
+from vae import models
+from vae.errors import ConfigError
 
 
 @pytest.mark.parametrize("module, latent, out_channels", [
@@ -16,7 +17,7 @@ from vae import models, train_lib
 ])
 def test_shapes(module, latent, out_channels):
     config = module.get_config("smoke")
-    model = train_lib.create_vae(config)
+    model = models.create_vae(config)
     x = jnp.zeros((3, 28, 28, 1))
     mean, logvar, z, out = model(x, jax.random.key(0))
     assert mean.shape == logvar.shape == z.shape == (3, *latent)
@@ -27,7 +28,7 @@ def test_shapes(module, latent, out_channels):
 def test_mlp_with_two_latent_dims():
     config = mnist_mlp.get_config("smoke")
     config.vae.latent_dim = 2
-    mean, _, _, out = train_lib.create_vae(config)(jnp.zeros((2, 28, 28, 1)), jax.random.key(0))
+    mean, _, _, out = models.create_vae(config)(jnp.zeros((2, 28, 28, 1)), jax.random.key(0))
     assert mean.shape == (2, 2) and out.shape == (2, 28, 28, 1)
 
 
@@ -35,18 +36,18 @@ def test_mlp_with_two_latent_dims():
 def test_latent_shape_that_does_not_fit_the_conv_decoder(shape):
     config = mnist.get_config("smoke")
     config.vae.latent_shape = shape
-    with pytest.raises(models.ConfigError, match=r"config.vae.latent_shape=.*\(7, 7, c\)"):
-        train_lib.create_vae(config)
+    with pytest.raises(ConfigError, match=r"config.vae.latent_shape=.*\(7, 7, c\)"):
+        models.create_vae(config)
 
 
 def test_bad_arch_and_latent_dim():
     config = mnist_mlp.get_config("smoke")
     config.vae.latent_dim = -3
-    with pytest.raises(models.ConfigError, match="latent_dim=-3"):
-        train_lib.create_vae(config)
+    with pytest.raises(ConfigError, match="latent_dim=-3"):
+        models.create_vae(config)
     config.vae.arch = "transformer"
-    with pytest.raises(models.ConfigError, match="arch='transformer'"):
-        train_lib.create_vae(config)
+    with pytest.raises(ConfigError, match="arch='transformer'"):
+        models.create_vae(config)
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_loss(mnist_dir):
@@ -57,7 +58,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(mnist_dir):
     for dtype in ("float32", "bfloat16"):
         config = mnist_config("mnist_mlp")
         config.train.compute_dtype = dtype
-        model = train_lib.create_vae(config)
+        model = models.create_vae(config)
         assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
         mean, logvar, z, out = model(x, jax.random.key(0))
         assert mean.dtype == logvar.dtype == out.dtype == jnp.float32

@@ -12,7 +12,9 @@ from configs import base
 from priors import gmm as gmm_lib
 from priors import mixture
 from tests.conftest import read_metrics
-from vae import prior_lib
+from vae import evaluation, prior_stage
+from vae import workdir as workdir_lib
+from vae.errors import PriorError
 
 
 def small(name, shape, **kw):
@@ -98,12 +100,10 @@ def test_fitting_recovers_a_known_density(name, tmp_path):
     prior = priors.build(name, (2,), config.prior, seed=0)
     logvar = jnp.full_like(train, -jnp.inf)
     (tmp_path / "priors").mkdir()
-    if name == "gmm":
-        prior = prior_lib.fit_gmm(config, str(tmp_path), name, prior, train, logvar, held, jax.random.key(2))
-    else:
-        prior = prior_lib.fit_autoregressive(config, str(tmp_path), name, prior, train, logvar, held, jax.random.key(2))
-    nll = prior_lib.heldout_nll(prior, held)
-    normal = prior_lib.heldout_nll(priors.StandardNormal((2,)), held)
+    fit = prior_stage.fit_em if name == "gmm" else prior_stage.fit_gradient
+    prior = fit(config, workdir_lib.Workdir(str(tmp_path)), name, prior, train, logvar, held, jax.random.key(2))
+    nll = evaluation.latent_nll(prior, held)
+    normal = evaluation.latent_nll(priors.StandardNormal((2,)), held)
     cov = np.cov(np.asarray(train).T)
     single = -float(jax.scipy.stats.multivariate_normal.logpdf(held, train.mean(0), cov).mean())
     assert abs(nll - entropy) < 0.05, (nll, entropy)
@@ -147,13 +147,15 @@ def test_smoke_priors_beat_standard_normal_and_match_latent_moments(smoke_workdi
     for name, (learned, normal) in nll.items():
         assert learned < normal - 3.0, (name, learned, normal)  # nats per example
     # samples of the fitted PixelCNN have the training latents' moments
-    config, vae = prior_lib.load_vae(str(smoke_workdir))
     from vae import input_pipeline
 
-    ds = input_pipeline.load_dataset(config.data)
-    mean, logvar = prior_lib.encode_split(vae, ds.train.images, True, seed=0)
-    z = prior_lib.draw_latents(jax.random.key(0), mean, logvar, "sample")
-    prior = prior_lib.load_prior(str(smoke_workdir), "pixelcnn", vae.latent_shape)
+    wd = workdir_lib.open(smoke_workdir)
+    config = wd.load_config()
+    vae, _, _ = wd.restore_vae(config)
+    ev = evaluation.EvalData(config, input_pipeline.load_dataset(config.data))
+    mean, logvar = ev.posteriors(vae, "train")
+    z = evaluation.draw_latents(jax.random.key(0), mean, logvar)
+    prior = wd.load_prior("pixelcnn", vae.latent_shape)
     s = jax.jit(lambda k: prior.sample(k, 2000))(jax.random.key(1))
     per_channel = lambda a: (np.asarray(a).mean(axis=(0, 1, 2)), np.asarray(a).std(axis=(0, 1, 2)))
     (m_z, s_z), (m_s, s_s) = per_channel(z), per_channel(s)
@@ -162,7 +164,7 @@ def test_smoke_priors_beat_standard_normal_and_match_latent_moments(smoke_workdi
 
 
 def test_prior_for_another_latent_shape_is_refused(smoke_workdir):
-    with pytest.raises(prior_lib.PriorError, match=r"latent shape \(7, 7, 2\).*\(7, 7, 3\)"):
-        prior_lib.load_prior(str(smoke_workdir), "pixelcnn", (7, 7, 3))
-    with pytest.raises(prior_lib.PriorError, match="not a learned prior"):
-        prior_lib.prior_names(ConfigDict(dict(name="gmm,flow")))
+    with pytest.raises(PriorError, match=r"latent shape \(7, 7, 2\).*\(7, 7, 3\)"):
+        workdir_lib.open(smoke_workdir).load_prior("pixelcnn", (7, 7, 3))
+    with pytest.raises(PriorError, match="'flow' is not a registered prior"):
+        prior_stage.prior_names(ConfigDict(dict(name="gmm,flow")))

@@ -5,8 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from tests.conftest import read_metrics
-from tests.test_train import run_cli
+from tests.conftest import read_metrics, run_cli
 from vae import report
 
 N = 500
@@ -65,7 +64,7 @@ def test_learned_priors_improve_the_bound(smoke_report):
 def test_without_fitted_priors_reports_standard_normal_and_says_how(smoke_workdir, tmp_path, mnist_dir):
     work = tmp_path / "w"
     shutil.copytree(smoke_workdir, work, ignore=shutil.ignore_patterns("priors", "report"))
-    result = run_cli("sample.py", "--workdir", str(work), "--n", "200", "--k", "2")
+    result = run_cli(["sample.py", "--workdir", str(work), "--n", "200", "--k", "2"])
     assert result.returncode == 0, result.stderr[-2000:]
     rep = json.loads((work / "report" / "report.json").read_text())
     assert list(rep["priors"]) == ["standard_normal"]
@@ -73,7 +72,7 @@ def test_without_fitted_priors_reports_standard_normal_and_says_how(smoke_workdi
 
 
 @pytest.mark.parametrize("setup, message", [
-    ("missing", "has no config.json"),
+    ("missing", "does not exist"),
     ("empty", "has no config.json"),
     ("no_checkpoint", "has no VAE checkpoint"),
 ])
@@ -85,6 +84,6 @@ def test_missing_or_foreign_workdir_is_a_clear_error(smoke_workdir, tmp_path, se
     if setup == "no_checkpoint":
         work.mkdir()
         shutil.copy(smoke_workdir / "config.json", work / "config.json")
-    result = run_cli("sample.py", "--workdir", str(work))
+    result = run_cli(["sample.py", "--workdir", str(work)])
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, mnist_config
-from vae import checkpoint, train_lib
+from vae import checkpoint, models, optim, stages
 
 
 def trained_params(workdir, config):
     from flax import nnx
 
-    graphdef, params = nnx.split(train_lib.create_vae(config))
-    tx = train_lib.make_optimizer(config.train, 1)
-    target = {"params": params, "opt_state": tx.init(params), "step": jax.numpy.asarray(0, jax.numpy.int32)}
+    graphdef, params = nnx.split(models.create_vae(config))
+    target = optim.init_state(optim.make_optimizer(config.train, 1), params)
     return checkpoint.restore(os.path.join(workdir, "checkpoints"), target)["params"]
 
 
@@ -33,8 +32,8 @@ def small_config(**train):
 
 def test_streamed_batches_match_device_resident_data(tmp_path, mnist_dir):
     resident, streamed = small_config(data_placement="device"), small_config(data_placement="streamed")
-    train_lib.train_and_evaluate(resident, str(tmp_path / "resident"))
-    train_lib.train_and_evaluate(streamed, str(tmp_path / "streamed"))
+    stages.train_and_evaluate(resident, str(tmp_path / "resident"))
+    stages.train_and_evaluate(streamed, str(tmp_path / "streamed"))
     a, b = trained_params(tmp_path / "resident", resident), trained_params(tmp_path / "streamed", streamed)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
@@ -44,17 +43,18 @@ SHARDED_RUN = r"""
 import json, sys
 import jax, numpy as np
 from tests import test_sharding as t
-from vae import models, train_lib
+from vae import stages
+from vae.errors import ConfigError
 out = {"devices": jax.device_count()}
 work = sys.argv[1]
 for name, train in [("one", dict(num_devices=1)), ("four", dict(num_devices=4)),
                     ("four_streamed", dict(num_devices=4, data_placement="streamed"))]:
     config = t.small_config(**train)
-    train_lib.train_and_evaluate(config, f"{work}/{name}")
+    stages.train_and_evaluate(config, f"{work}/{name}")
     out[name] = [np.asarray(x).tolist() for x in jax.tree.leaves(t.trained_params(f"{work}/{name}", config))]
 try:
-    train_lib.train_and_evaluate(t.small_config(num_devices=4, batch_size=62), f"{work}/bad")
-except models.ConfigError as e:
+    stages.train_and_evaluate(t.small_config(num_devices=4, batch_size=62), f"{work}/bad")
+except ConfigError as e:
     out["error"] = str(e)
 print("RESULT" + json.dumps(out))
 """

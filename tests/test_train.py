@@ -1,12 +1,11 @@
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, mnist_config, read_metrics
-from vae import checkpoint, train_lib
+from tests.conftest import mnist_config, read_metrics, run_cli
+from vae import checkpoint, stages
+from vae.errors import TrainingError
 
 
 def test_smoke_run_writes_everything_and_improves(smoke_workdir):
@@ -28,7 +27,7 @@ def test_second_run_resumes_instead_of_starting_over(smoke_workdir, copy_of):
     before = read_metrics(workdir)
     config = mnist_config()
     config.stage = "vae"
-    train_lib.train_and_evaluate(config, str(workdir))
+    stages.train_and_evaluate(config, str(workdir))
     assert read_metrics(workdir) == before  # finished run: nothing retrained, nothing re-logged
 
 
@@ -36,15 +35,11 @@ def test_workdir_of_another_model_is_refused(smoke_workdir, copy_of):
     workdir = copy_of(smoke_workdir)
     config = mnist_config()
     config.vae.latent_shape = (7, 7, 3)
-    with pytest.raises(train_lib.TrainingError, match=r"different model.*vae.latent_shape"):
-        train_lib.train_and_evaluate(config, str(workdir))
+    with pytest.raises(TrainingError, match=r"different model.*vae.latent_shape"):
+        stages.train_and_evaluate(config, str(workdir))
 
 
-def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-# The full bad-input matrix is in test_reliability.py; these two are conv-config specific.
+# The full bad-input matrix is in test_bad_input.py; these two are conv-config specific.
 @pytest.mark.parametrize("flag, message", [
     ("--config.data.idx_dir=/nonexistent/dir", "/nonexistent/dir"),
     ("--config.vae.latent_shape=(8,8,2)", "does not fit the conv decoder"),
@@ -52,7 +47,7 @@ def run_cli(*args, cwd=REPO):
 def test_cli_bad_input_is_one_clear_error(tmp_path, flag, message, mnist_dir):
     args = ["train.py", "--config", "configs/mnist.py:smoke", "--workdir", str(tmp_path / "w"),
             f"--config.data.idx_dir={mnist_dir}", flag]
-    result = run_cli(*args)
+    result = run_cli(args)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr

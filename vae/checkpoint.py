@@ -18,14 +18,12 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
+from vae.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 # Files orbax writes into every step directory it finalizes.
 _FINISHED_MARKERS = ("_CHECKPOINT_METADATA", os.path.join("default", "_METADATA"))
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model; the message names it."""
 
 
 def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:

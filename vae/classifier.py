@@ -15,9 +15,8 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
-from vae import checkpoint, input_pipeline, train_lib
+from vae import checkpoint, input_pipeline, loop, optim
 
 FEATURES = 128
 
@@ -65,8 +64,7 @@ def train(dataset, seed: int = 0, num_epochs: int = 4):
     images = jnp.asarray(dataset.train.images)
     labels = jnp.asarray(dataset.train.labels)
     steps = len(images) // tc.batch_size
-    tx = train_lib.make_optimizer(tc, steps * tc.num_epochs)
-    state = {"params": params, "opt_state": tx.init(params)}
+    tx = optim.make_optimizer(tc, steps * tc.num_epochs)
 
     def step(state, idx):
         def loss_fn(p):
@@ -74,13 +72,18 @@ def train(dataset, seed: int = 0, num_epochs: int = 4):
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels[idx]).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss
+        return optim.apply_gradients(tx, state, grads), {"loss": loss}
 
-    chunk = jax.jit(lambda st, b: train_lib.unrolled_scan(step, st, b), donate_argnums=0)
-    for epoch in tqdm(range(tc.num_epochs), desc="classifier", leave=False):
-        perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed), epoch), len(images))
-        state, _ = train_lib.run_in_chunks(chunk, state, perm[: steps * tc.batch_size].reshape(steps, -1), tc.steps_per_call)
+    chunk = jax.jit(lambda st, b: loop.scan_steps(step, st, b), donate_argnums=0)
+
+    def run_epoch(state, epoch, start, should_stop):
+        batches = loop.epoch_batch_indices(jax.random.key(seed), epoch, len(images), tc.batch_size)
+        chunks = (batches[s] for s in loop.chunk_slices(steps, tc.steps_per_call, start))
+        return loop.run_chunks(chunk, state, chunks, should_stop=should_stop)
+
+    task = loop.Task(desc="classifier", steps_per_epoch=steps, num_epochs=tc.num_epochs, run_epoch=run_epoch,
+                     leave_bar=False)
+    state = loop.fit(task, optim.init_state(tx, params))
     model = nnx.merge(graphdef, state["params"])
     return model, accuracy(model, dataset.test)
 
@@ -91,9 +94,8 @@ def accuracy(model, split) -> float:
     return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == split.labels))
 
 
-def load_or_train(workdir: str, dataset, seed: int = 0):
-    """(model, test_accuracy), cached in W/classifier/."""
-    cdir = os.path.join(workdir, "classifier")
+def load_or_train(cdir: str, dataset, seed: int = 0):
+    """(model, test_accuracy), cached in `cdir` (a run's W/classifier/)."""
     info_path = os.path.join(cdir, "info.json")
     model = CNN(rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)

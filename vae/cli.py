@@ -8,16 +8,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from vae import checkpoint, input_pipeline, models, train_lib
-
-# Mistakes a user can fix from the message alone: no traceback for these.
-USER_ERRORS = (
-    input_pipeline.DataError,
-    models.ConfigError,
-    train_lib.TrainingError,
-    checkpoint.CheckpointError,
-    OSError,  # unreadable or missing files, a full disk, no permission: the message names the path
-)
+from vae.errors import USER_ERRORS, Stopped
 
 
 def _parse_flags(argv):
@@ -41,7 +32,7 @@ def run(main):
             logging.getLogger(name).setLevel(logging.INFO)
         try:
             main(argv)
-        except train_lib.Stopped as e:  # SIGTERM/SIGINT, after saving: the shell's usual code
+        except Stopped as e:  # SIGTERM/SIGINT, after saving: the shell's usual code
             print(str(e), file=sys.stderr)
             sys.exit(128 + e.signum)
         except USER_ERRORS as e:

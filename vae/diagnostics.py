@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vae import analysis, prior_lib
+from vae import analysis, evaluation, loading, plotting
 
 log = logging.getLogger(__name__)
 ACTIVE_THRESHOLD = 0.01  # Burda et al.: a unit is active if Cov_x(E_q[z_i|x]) > 0.01
@@ -136,23 +136,18 @@ def plot_latent_map_2d(mu, labels, train_means, train_logvars, priors, key, deco
     t = np.linspace(-lim * 0.8, lim * 0.8, n)
     zs = jnp.asarray(np.stack(np.meshgrid(t, t[::-1], indexing="xy"), -1).reshape(-1, 2), jnp.float32)
     images = np.asarray(decode(zs))
-    from vae import plotting
-
     paths.append(plotting.save_grid(images, os.path.join(out_dir, "manifold.png"), ncol=n))
     return paths
 
 
 def diagnose(workdir: str, out_dir: str | None = None, *, seed: int = 0, max_train: int = 20000) -> dict:
-    import vae
-
-    run = vae.load(workdir)
+    run = loading.load(workdir)
     out_dir = out_dir or os.path.join(workdir, "diagnostics")
     os.makedirs(out_dir, exist_ok=True)
     dataset = run.dataset()
-    binarize = run.config.data.binarize
-    train = dataset.train.images[:max_train]
-    mean, logvar = prior_lib.encode_split(run.model, train, binarize, seed=run.config.seed + 11)
-    test_mean, test_logvar = prior_lib.encode_split(run.model, dataset.test.images, binarize, seed=run.config.seed + 2)
+    eval_data = evaluation.EvalData(run.config, dataset)
+    mean, logvar = eval_data.posteriors(run.model, "train", limit=max_train)
+    test_mean, test_logvar = eval_data.posteriors(run.model, "test")
     key = jax.random.key(seed)
     stats = posterior_statistics(mean, logvar, key)
     files = [plot_statistics(stats, os.path.join(out_dir, "posterior_statistics.png"))]

@@ -16,46 +16,29 @@ Where the data comes from, in order (`resolve_source`):
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import logging
 import os
 import socket
-import struct
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-DATASETS = ("mnist", "fashion_mnist")
-NUM_CLASSES = 10
-IMAGE_SHAPE = (28, 28, 1)
+from vae.errors import DataError
+# Re-exported: the IDX reader and the Split record are part of this module's public face.
+from vae.idx import IDX_FILES, IMAGE_SHAPE, NUM_CLASSES, Split, read_idx, read_idx_pair, split_from_source  # noqa: F401
 
+DATASETS = ("mnist", "fashion_mnist")
 # Local places where a distribution package puts the IDX files.
 KNOWN_LOCAL_DIRS = {
     "fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
     "mnist": ("/usr/share/datasets/mnist",),
 }
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 # Held-out share when an idx_dir has only the test split (the MNIST copy in ../shared):
 # its last TEST_ONLY_HOLDOUT images become our test split, the rest train + validation.
 TEST_ONLY_HOLDOUT = 2000
 
-_IDX_DTYPES = {0x08: np.uint8}
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message names the file or flag to fix."""
-
-
-@dataclasses.dataclass
-class Split:
-    images: np.ndarray  # (N, 28, 28, 1) uint8
-    labels: np.ndarray  # (N,) int32
-
-    def __len__(self):
-        return len(self.labels)
 
 
 @dataclasses.dataclass
@@ -73,51 +56,6 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------- IDX files
-
-
-def read_idx(path: str, expected_ndim: int | None = None) -> np.ndarray:
-    """Reads one (optionally gzipped) IDX file, validating magic number, dims and size."""
-    if not os.path.isfile(path):
-        raise DataError(f"IDX file not found: {path}")
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:  # truncated or not gzip at all
-        raise DataError(f"cannot read IDX file {path}: {e}") from None
-    if len(raw) < 4:
-        raise DataError(f"IDX file {path} is {len(raw)} bytes long; too short for a header")
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code not in _IDX_DTYPES or not 1 <= ndim <= 4:
-        raise DataError(
-            f"IDX file {path} has a bad magic number {raw[:4].hex()} "
-            "(expected 0000 08 0N: unsigned bytes, N dimensions)"
-        )
-    if expected_ndim is not None and ndim != expected_ndim:
-        raise DataError(f"IDX file {path} has {ndim} dimensions, expected {expected_ndim}")
-    header = 4 + 4 * ndim
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    count = int(np.prod(dims))
-    if len(raw) - header != count:
-        raise DataError(
-            f"IDX file {path} declares dims {dims} ({count} bytes of data) "
-            f"but holds {len(raw) - header} bytes: truncated or corrupt"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def read_idx_pair(images_path: str, labels_path: str) -> Split:
-    images = read_idx(images_path, expected_ndim=3)
-    labels = read_idx(labels_path, expected_ndim=1)
-    if images.shape[1:] != IMAGE_SHAPE[:2]:
-        raise DataError(f"IDX file {images_path} holds {images.shape[1:]} images, expected 28x28")
-    if len(images) != len(labels):
-        raise DataError(
-            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
-        )
-    if labels.max(initial=0) >= NUM_CLASSES:
-        raise DataError(f"IDX file {labels_path} has labels up to {labels.max()}, expected 0-9")
-    return Split(images[..., None].copy(), labels.astype(np.int32))
 
 
 def _has_split(idx_dir: str, split: str) -> bool:
@@ -149,23 +87,16 @@ def _load_tfds_prepared(name: str, data_dir: str | None):
         import tensorflow_datasets as tfds
     except ImportError:  # pragma: no cover - tfds is a core dependency
         return None
-    from vae import tfds_idx
+    from vae import tfds_idx  # deferred: it imports tensorflow_datasets
 
     for builder_name in (name, tfds_idx.builder_name(name)):
         try:
             sources = tfds.data_source(builder_name, data_dir=data_dir or None, download=False)
-            splits = {k: _split_from_source(sources[k]) for k in ("train", "test")}
+            splits = {k: split_from_source(sources[k]) for k in ("train", "test")}
         except Exception:  # not prepared, not registered, or needs TF: try the next one
             continue
         return splits["train"], splits["test"], f"TFDS {builder_name} ({data_dir or 'default dir'})"
     return None
-
-
-def _split_from_source(source) -> Split:
-    items = source.__getitems__(range(len(source)))
-    images = np.stack([np.asarray(it["image"], np.uint8) for it in items]).reshape(-1, *IMAGE_SHAPE)
-    labels = np.asarray([it["label"] for it in items], np.int32)
-    return Split(images, labels)
 
 
 def _network_reachable(host: str, timeout: float = 3.0) -> bool:
@@ -177,7 +108,7 @@ def _network_reachable(host: str, timeout: float = 3.0) -> bool:
 
 
 def _download_with_tfds(name: str, data_dir: str | None):
-    from vae import tfds_idx
+    from vae import tfds_idx  # deferred: it imports tensorflow_datasets
 
     if not _network_reachable(tfds_idx.network_host(name)):
         raise DataError(
@@ -240,3 +171,16 @@ def load_dataset(data_config) -> Dataset:
 def to_float(images_uint8):
     """uint8 images -> float32 in [0, 1]; works on numpy and jax arrays."""
     return images_uint8.astype("float32") / 255.0
+
+
+def prepare_images(images_uint8, key, binarize: bool):
+    """uint8 -> float in [0, 1]; binarized by a fresh Bernoulli draw when `binarize`."""
+    x = to_float(images_uint8)
+    if binarize:
+        x = jax.random.bernoulli(key, x).astype(jnp.float32)
+    return x
+
+
+def fixed_binarization(images_uint8, seed: int, binarize: bool) -> np.ndarray:
+    """Evaluation data: binarized once with a fixed seed, so numbers compare across epochs."""
+    return np.asarray(prepare_images(jnp.asarray(images_uint8), jax.random.key(seed), binarize))

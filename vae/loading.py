@@ -8,15 +8,13 @@ devices, so a checkpoint written on GPU/TPU opens on a CPU laptop.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from vae import input_pipeline, losses, models, prior_lib, train_lib
+from vae import evaluation, input_pipeline, losses, models
+from vae import workdir as workdir_lib
 
 
 @dataclasses.dataclass
@@ -55,32 +53,19 @@ class Run:
 
     def metrics(self, split: str | None = None) -> dict:
         """The metrics history as columns {name: np.array}, rows of `split` if given."""
-        path = os.path.join(self.workdir, "metrics.jsonl")
-        with open(path) as f:
-            rows = [json.loads(line) for line in f]
-        rows = [r for r in rows if split is None or r.get("split") == split]
+        rows = [r for r in workdir_lib.Workdir(self.workdir).read_metrics() if split is None or r.get("split") == split]
         names = sorted({k for r in rows for k in r if not isinstance(r[k], (list, dict))})
         return {k: np.array([r.get(k, np.nan if k not in ("split", "prior") else "") for r in rows]) for k in names}
 
     def evaluate(self, split: str = "test", dataset=None) -> dict:
         """Stage 1's evaluation (same images, binarization and key) with these parameters."""
-        dataset = dataset or self.dataset()
-        graphdef, params = nnx.split(self.model)
-        eval_batch = train_lib.make_step_functions(graphdef, None, self.config).eval_batch
-        x = train_lib.prepared_eval_sets(self.config, dataset)[split]
-        return train_lib.evaluate(eval_batch, params, x, train_lib.eval_key(self.config),
-                                  self.config.train.eval_batch_size, bits_per_dim=not self.config.data.binarize)
+        return evaluation.EvalData(self.config, dataset or self.dataset()).elbo(self.model, split)
 
 
 def load(workdir: str, *, step: int | None = None, kind: str = "best") -> Run:
     """The run in `workdir`: its 'best' checkpoint (or 'latest'; `step=` picks one)."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"workdir {workdir} does not exist")
-    config = train_lib.load_config(workdir)
-    model, step, kind = train_lib.restore_vae(workdir, config, step=step, kind=kind)
-    fitted = {"standard_normal": prior_lib.load_prior(workdir, "standard_normal", model.latent_shape)}
-    for name in prior_lib.fitted_prior_names(workdir):
-        fitted[name] = prior_lib.load_prior(workdir, name, model.latent_shape)
-    return Run(workdir, config, model, fitted, step, kind)
-
+    wd = workdir_lib.open(workdir)
+    config = wd.load_config()
+    model, step, kind = wd.restore_vae(config, step=step, kind=kind)
+    fitted = {name: wd.load_prior(name, model.latent_shape) for name in wd.prior_names()}
+    return Run(wd.path, config, model, fitted, step, kind)

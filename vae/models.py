@@ -17,14 +17,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vae.errors import ConfigError
+from vae.idx import IMAGE_SHAPE
+
 LIKELIHOOD_CHANNELS = {"bernoulli": 1, "logistic": 2}
 # Mixed precision: layers compute in this dtype; parameters, the posterior and the decoder
 # output (hence the loss) stay float32.
 COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the field."""
 
 
 class MLPEncoder(nnx.Module):
@@ -159,3 +158,11 @@ def build_vae(config, image_shape, *, rngs: nnx.Rngs, compute_dtype: str = "floa
         encoder = ConvEncoder(image_shape, channels, latent_shape[-1], rngs=rngs, dtype=dtype)
         decoder = ConvDecoder(image_shape, channels, latent_shape[-1], out_channels, rngs=rngs, dtype=dtype)
     return VAE(encoder, decoder, latent_shape, likelihood)
+
+
+def create_vae(config, seed: int | None = None) -> VAE:
+    """The VAE of `config` (its data, vae and train.compute_dtype fields), initialized from
+    `seed` (default config.seed): what every checkpoint of a run is restored into."""
+    seed = config.seed if seed is None else seed
+    dtype = config.train.get("compute_dtype", "float32")
+    return build_vae(config, IMAGE_SHAPE, rngs=nnx.Rngs(seed), compute_dtype=dtype)

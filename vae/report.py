@@ -25,10 +25,14 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from vae import analysis, classifier, input_pipeline, losses, metrics, plotting, prior_lib, train_lib
+import priors
+from vae import analysis, classifier, evaluation, input_pipeline, losses, metrics, plotting
+from vae import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 GRID = 64  # images per samples_<prior>.png
+# Keys of the report, each `key(seed + offset)` for the --seed of sample.py.
+SEEDS = {"samples": 0, "iwae": 1, "elbo_surgery": 2, "hole_threshold": 3, "heldout_draws": 4}
 
 
 def _batched(fn, x, batch):
@@ -62,34 +66,42 @@ def iwae_under_prior(vae, prior, x, key, k: int, batch: int = 100):
 def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000, k: int = 10, seed: int = 0,
             command: str | None = None) -> dict:
     t_start = time.perf_counter()
-    config, vae = prior_lib.load_vae(workdir)
-    out_dir = out_dir or os.path.join(workdir, "report")
+    wd = workdir_lib.open(workdir)
+    config = wd.load_config()
+    vae, _, _ = wd.restore_vae(config)
+    out_dir = out_dir or wd.join("report")
     os.makedirs(out_dir, exist_ok=True)
     dataset = input_pipeline.load_dataset(config.data)
     binarize = config.data.binarize
-    names = ["standard_normal"] + prior_lib.fitted_prior_names(workdir)
-    if len(names) == 1:
-        log.warning("no learned prior fitted in %s: reporting N(0, I) only. Fit one with: python train.py "
-                    "--config <config> --workdir %s --config.stage=prior --config.prior.name=gmm,pixelcnn", workdir, workdir)
-    fitted = {n: prior_lib.load_prior(workdir, n, vae.latent_shape) for n in names}
 
-    # The test split as stage 1 evaluated it (same fixed binarization seed).
-    x_test = train_lib.fixed_binarization(dataset.test.images, config.seed + 2, binarize)
-    test_mean, test_logvar = prior_lib.encode_split(vae, dataset.test.images, binarize, seed=config.seed + 2)
-    train_mean, train_logvar = prior_lib.encode_split(vae, dataset.train.images, binarize, seed=config.seed + 11)
-    val_mean, val_logvar = prior_lib.encode_split(vae, dataset.validation.images, binarize, seed=config.seed + 1)
-    heldout = analysis.heldout_log_q(jax.random.key(seed + 3), val_mean, val_logvar, train_mean, train_logvar)
+    def key(name):
+        return jax.random.key(seed + SEEDS[name])
+
+    names = wd.prior_names()
+    if not wd.fitted_prior_names():
+        log.warning("no learned prior fitted in %s: reporting %s only. Fit one with: python train.py "
+                    "--config <config> --workdir %s --config.stage=prior --config.prior.name=gmm,pixelcnn",
+                    wd.path, ", ".join(names), wd.path)
+    fitted = {n: wd.load_prior(n, vae.latent_shape) for n in names}
+
+    # The splits as stage 1 evaluated them (the run's evaluation data).
+    eval_data = evaluation.EvalData(config, dataset)
+    x_test = eval_data.images("test")
+    test_mean, test_logvar = eval_data.posteriors(vae, "test")
+    train_mean, train_logvar = eval_data.posteriors(vae, "train")
+    val_mean, val_logvar = eval_data.posteriors(vae, "validation")
+    heldout = analysis.heldout_log_q(key("hole_threshold"), val_mean, val_logvar, train_mean, train_logvar)
     threshold = float(np.percentile(heldout, 1.0))
     # Calibration: held-out latents drawn afresh from q(z) fall in holes ~1% of the time.
-    heldout_z, _ = analysis.sample_aggregate_posterior(jax.random.key(seed + 4), val_mean, val_logvar, 10000)
+    heldout_z, _ = analysis.sample_aggregate_posterior(key("heldout_draws"), val_mean, val_logvar, 10000)
     heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)["prior_hole_rate"]
-    clf, clf_acc = classifier.load_or_train(workdir, dataset, seed=seed)
+    clf, clf_acc = classifier.load_or_train(wd.join("classifier"), dataset, seed=seed)
     real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
     data_labels = metrics.label_stats(dataset.test.labels)
 
     vg, vs = nnx.split(vae)
     decode = jax.jit(lambda s, z: losses.decoder_mean(vae.likelihood, nnx.merge(vg, s).decode(z)))
-    sample_key = jax.random.key(seed)  # the same latent seed for every prior
+    sample_key = key("samples")  # the same latent seed for every prior
     num_dims = math.prod(x_test.shape[1:])
     results, grids = {}, {}
     for name, prior in fitted.items():
@@ -103,11 +115,11 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         np.savez_compressed(os.path.join(out_dir, f"samples_{name}.npz"), z=np.asarray(z),
                             images=np.round(images * 255).astype(np.uint8))
         feats, predicted = classifier.features_and_labels(clf, images)
-        nll, elbo = iwae_under_prior(vae, prior, x_test, jax.random.key(seed + 1), k)
+        nll, elbo = iwae_under_prior(vae, prior, x_test, key("iwae"), k)
         r = {
             "nll_iwae": float(nll.mean()),
             "elbo": float(elbo.mean()),
-            **analysis.elbo_surgery(jax.random.key(seed + 2), test_mean, test_logvar, jax.jit(prior.log_prob),
+            **analysis.elbo_surgery(key("elbo_surgery"), test_mean, test_logvar, jax.jit(prior.log_prob),
                                     num_samples=min(n_samples, 10000)),
             "fd_classifier": metrics.frechet_distance(real_feats, feats),
             **metrics.precision_recall(real_feats, feats),
@@ -127,7 +139,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "n_samples": n_samples,
         "k": k,
         "vae": {"arch": config.vae.arch, "latent_shape": list(vae.latent_shape), "likelihood": vae.likelihood,
-                "workdir": os.path.abspath(workdir)},
+                "workdir": wd.path},
         "priors": results,
         "data_labels": data_labels,
         "classifier": {"test_accuracy": clf_acc},
@@ -167,7 +179,7 @@ def markdown_table(report: dict) -> str:
     ]
     for name, r in report["priors"].items():
         lines.append(f"| {name} | " + " | ".join(f"{r[k]:.4g}" for k, _ in cols) + " |")
-    if len(report["priors"]) == 1:
+    if set(report["priors"]) <= set(priors.registry.names(fit="none")):
         lines += ["", "No learned prior is fitted in this workdir: fit one with "
                   "`python train.py --config <config> --workdir <W> --config.stage=prior --config.prior.name=gmm,pixelcnn`."]
     lines += ["", f"Command: `{report['command']}`", ""]

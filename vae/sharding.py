@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vae import models
+from vae.errors import ConfigError
 
 DATA_AXIS = "data"
 _distributed_started = False
@@ -32,7 +32,7 @@ def make_mesh(num_devices: int = 0) -> Mesh:
     """A ("data",) mesh over the first `num_devices` devices (0: all of them)."""
     devices = jax.devices()
     if num_devices < 0 or num_devices > len(devices):
-        raise models.ConfigError(
+        raise ConfigError(
             f"config.train.num_devices={num_devices}: expected 0 (all) up to the {len(devices)} devices here")
     return Mesh(np.asarray(devices[: num_devices or len(devices)]), (DATA_AXIS,))
 
@@ -48,7 +48,7 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 
 def check_divisible(batch_size: int, mesh: Mesh, field: str) -> None:
     if batch_size % mesh.size:
-        raise models.ConfigError(
+        raise ConfigError(
             f"config.{field}={batch_size} is not divisible by the {mesh.size} devices the batch is "
             f"split across; use a multiple of {mesh.size} (or set config.train.num_devices)")
 
@@ -60,3 +60,15 @@ def put(tree, sharding: NamedSharding):
         return jax.device_put(tree, sharding)
     return jax.tree.map(
         lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree)
+
+
+def device_resident(config, train_images, mesh) -> bool:
+    """Whether the uint8 training split lives on the devices (`train.data_placement`:
+    'device', 'streamed', or 'auto': on the device when it takes under a quarter of the
+    smallest device's memory)."""
+    mode = config.train.get("data_placement", "auto")
+    if mode != "auto":
+        return mode == "device"
+    limits = [(d.memory_stats() or {}).get("bytes_limit") for d in mesh.devices.flat]
+    limits = [x for x in limits if x]
+    return not limits or train_images.nbytes < 0.25 * min(limits)  # CPU reports no limit: host memory

@@ -2,7 +2,7 @@
 
 TFDS's official `mnist`/`fashion_mnist` builders need TensorFlow to prepare. These fetch the
 same IDX files through TFDS's download manager (or take them from `manual_dir`), parse them
-with numpy (`input_pipeline.read_idx_pair`) and write ArrayRecord files that
+with numpy (`idx.read_idx_pair`) and write ArrayRecord files that
 `tfds.data_source` then reads with random access, again without TensorFlow.
 """
 
@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vae import input_pipeline
+from vae import idx
 
 URLS = {
     "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -34,28 +34,28 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Tensor(shape=input_pipeline.IMAGE_SHAPE, dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(num_classes=input_pipeline.NUM_CLASSES),
+                    "image": tfds.features.Tensor(shape=idx.IMAGE_SHAPE, dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=idx.NUM_CLASSES),
                 }
             ),
             supervised_keys=("image", "label"),
         )
 
     def _split_generators(self, dl_manager):
-        names = [f for split in ("train", "test") for f in input_pipeline.IDX_FILES[split]]
+        names = [f for split in ("train", "test") for f in idx.IDX_FILES[split]]
         manual = dl_manager._manual_dir  # noqa: SLF001 - None unless the caller gave one
         if manual and all(os.path.exists(os.path.join(manual, f)) for f in names):
             paths = {f: os.path.join(manual, f) for f in names}
         else:
             paths = dl_manager.download({f: URLS[self.DATASET] + f for f in names})
         return {
-            split: self._generate_examples(*(str(paths[f]) for f in input_pipeline.IDX_FILES[split]))
+            split: self._generate_examples(*(str(paths[f]) for f in idx.IDX_FILES[split]))
             for split in ("train", "test")
         }
 
     def _generate_examples(self, images_path, labels_path):
         # The download manager may strip the .gz suffix from cached names: sniff instead.
-        split = input_pipeline.read_idx_pair(_gz_name(images_path), _gz_name(labels_path))
+        split = idx.read_idx_pair(_gz_name(images_path), _gz_name(labels_path))
         for i in range(len(split)):
             yield i, {"image": split.images[i], "label": int(split.labels[i])}
 
@@ -103,5 +103,5 @@ def prepare_and_load(dataset: str, data_dir: str | None = None, manual_dir: str 
     """(train, test, note) read back through `tfds.data_source` after preparing."""
     prepare(dataset, data_dir, manual_dir)
     sources = tfds.data_source(builder_name(dataset), data_dir=data_dir or None, download=False)
-    train, test = (input_pipeline._split_from_source(sources[s]) for s in ("train", "test"))  # noqa: SLF001
+    train, test = (idx.split_from_source(sources[s]) for s in ("train", "test"))
     return train, test, f"TFDS {builder_name(dataset)} ({data_dir or 'default dir'})"

@@ -1,0 +1,58 @@
+"""The prior registry: each prior module registers its name, config and how it is fitted.
+
+A `Spec` says everything the rest of the codebase needs to know about a prior:
+  build(latent_shape, section, rngs) -> Prior   `section` is config.prior.<name> (None if the
+                                                prior has no hyper-parameters)
+  fit        'gradient': Adam on the mean -log_prob(z) of latent batches (stage 2's fit loop)
+             'em':       `em(prior, key, z, section) -> (prior, log-likelihood per iteration)`
+             'none':     nothing to fit (N(0, I)); always available to sample.py and vae.load
+  config     defaults of config.prior.<name>; `smoke` overrides them in the smoke preset.
+
+Adding a prior is one module in priors/ that calls `register(Spec(...))`; `configs/base.py`
+builds config.prior.<name> from the spec, and stage 2, sample.py and `vae.load` find it here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+FIT_KINDS = ("gradient", "em", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str
+    build: Callable
+    fit: str
+    config: dict = dataclasses.field(default_factory=dict)
+    smoke: dict = dataclasses.field(default_factory=dict)
+    em: Callable | None = None
+    doc: str = ""
+
+    def __post_init__(self):
+        if self.fit not in FIT_KINDS:
+            raise ValueError(f"prior {self.name!r}: fit={self.fit!r}; expected one of {FIT_KINDS}")
+        if (self.fit == "em") != (self.em is not None):
+            raise ValueError(f"prior {self.name!r}: an 'em' prior needs em=, and only it")
+
+
+_SPECS: dict[str, Spec] = {}
+
+
+def register(spec: Spec) -> Spec:
+    if spec.name in _SPECS and _SPECS[spec.name] != spec:
+        raise ValueError(f"two priors are registered as {spec.name!r}")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def names(fit: str | None = None) -> tuple[str, ...]:
+    """Registered prior names (those fitted as `fit`, if given), in registration order."""
+    return tuple(n for n, s in _SPECS.items() if fit is None or s.fit == fit)
+
+
+def get(name: str) -> Spec:
+    if name not in _SPECS:
+        raise KeyError(name)
+    return _SPECS[name]

@@ -1,0 +1,124 @@
+"""The evaluation data of a run: one object with named seeds that every consumer asks for.
+
+Stage 1's evaluation, stage 2's held-out latents, sample.py's report, `vae.load` and the
+diagnostics must see the same images binarized the same way; `EvalData` is where that is
+decided, once. Every seed derives from config.seed:
+
+  validation / test images      binarized once with SEEDS["validation"] / SEEDS["test"]
+  training images, to encode    binarized once with SEEDS["train_latents"] (stage 2, report)
+  held-out latents              one draw z ~ q(z|x) per validation image, SEEDS["heldout_draw"]
+  stage 2's fits                key SEEDS["prior_fit"], folded with the prior's index
+  the ELBO's noise              key fold_in(key(seed), 2) (`elbo_key`)
+
+Also here: the ELBO evaluation itself (`make_elbo_fn`, `evaluate`) and the latent NLL of a
+prior, so that readers of a run never import a training module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vae import input_pipeline, losses, models
+
+SEEDS = {"validation": 1, "test": 2, "train_latents": 11, "heldout_draw": 12, "prior_fit": 13}  # + config.seed
+
+
+def make_elbo_fn(graphdef, config):
+    """jitted (params, x, key) -> per-example ELBO terms, for prepared images x in [0, 1]."""
+    likelihood = models.likelihood_from_config(config.data)
+
+    @jax.jit
+    def elbo_terms(params, x, key):
+        model = nnx.merge(graphdef, params)
+        mean, logvar, z, out = model(x, key)
+        return losses.elbo(x, mean, logvar, z, out, likelihood, beta=config.vae.beta, kl=config.vae.kl)
+
+    return elbo_terms
+
+
+def evaluate(elbo_fn, params, x, key, batch_size: int, *, bits_per_dim: bool = False) -> dict:
+    """Mean ELBO terms over prepared images `x` (host array), in fixed-size batches."""
+    n = len(x)
+    pad = (-n) % batch_size
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    sums = None
+    for i in range(0, len(xp), batch_size):
+        terms = elbo_fn(params, xp[i : i + batch_size], jax.random.fold_in(key, i))
+        valid = jnp.arange(batch_size) < n - i  # the padding rows of the last batch
+        batch_sums = {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in terms.items()}
+        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    metrics = {k: float(v) / n for k, v in jax.device_get(sums).items()}  # one host fetch
+    if bits_per_dim:  # for 8-bit data: the negative ELBO in bits per pixel
+        metrics["nelbo_bits_per_dim"] = losses.bits_per_dim(-metrics["elbo"], math.prod(x.shape[1:]))
+    return metrics
+
+
+def encode(model, x, batch_size: int = 1000):
+    """Posterior (mean, logvar) of prepared images x, in batches under jit."""
+    graphdef, params = nnx.split(model)
+    enc = jax.jit(lambda p, xb: nnx.merge(graphdef, p).encode(xb))
+    outs = [enc(params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return jnp.concatenate([o[0] for o in outs]), jnp.concatenate([o[1] for o in outs])
+
+
+def draw_latents(key, mean, logvar):
+    """z ~ q(z|x) = N(mean, exp(logvar))."""
+    return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+
+
+def latent_nll(prior, z, batch_size: int = 1000) -> float:
+    """Mean -log p(z) over latents z (nats per example)."""
+    graphdef, state = nnx.split(prior)
+    log_prob = jax.jit(lambda s, zb: nnx.merge(graphdef, s).log_prob(zb))
+    total = sum(jnp.sum(log_prob(state, z[i : i + batch_size])) for i in range(0, len(z), batch_size))
+    return -float(total) / len(z)  # one host fetch
+
+
+class EvalData:
+    """The fixed evaluation view of `dataset` for the run configured by `config`."""
+
+    def __init__(self, config, dataset: input_pipeline.Dataset):
+        self.config = config
+        self.dataset = dataset
+        self.binarize = bool(config.data.binarize)
+        self._images = {}
+
+    def seed(self, name: str) -> int:
+        return self.config.seed + SEEDS[name]
+
+    def key(self, name: str):
+        return jax.random.key(self.seed(name))
+
+    @property
+    def elbo_key(self):
+        return jax.random.fold_in(jax.random.key(self.config.seed), 2)
+
+    def images(self, split: str, limit: int | None = None) -> np.ndarray:
+        """The split's images as evaluation sees them: floats in [0, 1], binarized once by the
+        split's seed (the training split by SEEDS["train_latents"]); the first `limit` only
+        if given (binarized as a set of that size)."""
+        if (split, limit) not in self._images:
+            seed = self.seed("train_latents" if split == "train" else split)
+            raw = self.dataset.split(split).images[:limit]
+            self._images[split, limit] = input_pipeline.fixed_binarization(raw, seed, self.binarize)
+        return self._images[split, limit]
+
+    def posteriors(self, model, split: str, limit: int | None = None):
+        """(mean, logvar) of q(z|x) for the split's evaluation images."""
+        return encode(model, self.images(split, limit))
+
+    def heldout_latents(self, model):
+        """One fixed draw z ~ q(z|x) per validation image: where priors' NLL is measured."""
+        mean, logvar = self.posteriors(model, "validation")
+        return draw_latents(self.key("heldout_draw"), mean, logvar)
+
+    def elbo(self, model, split: str) -> dict:
+        """Stage 1's evaluation of `model` on the split (same images, binarization and key)."""
+        graphdef, params = nnx.split(model)
+        return evaluate(make_elbo_fn(graphdef, self.config), params, self.images(split), self.elbo_key,
+                        self.config.train.eval_batch_size, bits_per_dim=not self.binarize)

@@ -1,0 +1,153 @@
+"""Stage 2: fit learned priors to the latents of a frozen, trained VAE (`fit_priors`).
+
+For each name in `config.prior.name` (comma separated) this writes `W/priors/<name>/`
+(config.json, checkpoints/) and appends to `W/metrics.jsonl` the held-out latent NLL of the
+prior and of N(0, I) on the same validation latents, per example and per latent dimension:
+`latent_nll/<name>`, `latent_nll/standard_normal`, `latent_nll_per_dim/...` (nats).
+
+How a prior is fitted is its registry entry's business (`priors.registry`): 'gradient'
+priors by Adam in the fit loop, on fresh draws z ~ q(z|x) every epoch (or the posterior
+means, `prior.fit_target='mean'`); 'em' priors by their EM routine on one draw per
+training image; 'none' priors (N(0, I)) need nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import priors
+from vae import checkpoint, evaluation, loop, optim
+from vae.errors import PriorError
+
+log = logging.getLogger(__name__)
+
+
+def prior_names(prior_config) -> list[str]:
+    """The priors config.prior.name asks for, checked against the registry."""
+    names = [n.strip() for n in prior_config.name.split(",") if n.strip()]
+    for n in names:
+        if n not in priors.registry.names():
+            raise PriorError(f"config.prior.name: {n!r} is not a registered prior; expected some of "
+                             f"{priors.registry.names()}")
+    return names
+
+
+def draw_fit_latents(key, mean, logvar, fit_target: str):
+    """What a prior is fitted to: z ~ q(z|x) ('sample') or the posterior means ('mean')."""
+    if fit_target == "mean":
+        return mean
+    if fit_target == "sample":
+        return evaluation.draw_latents(key, mean, logvar)
+    raise PriorError(f"config.prior.fit_target={fit_target!r}; expected 'sample' or 'mean'")
+
+
+def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
+    """The held-out latent NLL of `prior` and of N(0, I) beside it, as one metrics record."""
+    dims = math.prod(z_val.shape[1:])
+    record = {"step": step, "epoch": epoch, "split": "validation", "prior": name}
+    for label, p in ((name, prior), (priors.BASELINE, priors.build(priors.BASELINE, z_val.shape[1:]))):
+        nll = evaluation.latent_nll(p, z_val)
+        record[f"latent_nll/{label}"] = nll
+        record[f"latent_nll_per_dim/{label}"] = nll / dims
+    wd.append_metrics(record)
+    return record
+
+
+def fit_em(config, wd, name, prior, mean, logvar, z_val, key):
+    """One EM fit on one draw of training latents; a finished fit is restored, not redone."""
+    ckpt_dir = wd.prior_checkpoints(name)
+    graphdef, state = nnx.split(prior)
+    if checkpoint.latest(ckpt_dir) is not None:
+        log.info("prior %s already fitted in %s", name, ckpt_dir)
+        return nnx.merge(graphdef, checkpoint.restore(ckpt_dir, {"prior": state})["prior"])
+    wd.rewind_metrics(-1, prior=name)  # from a fit killed before its checkpoint
+    z = draw_fit_latents(jax.random.fold_in(key, 0), mean, logvar, config.prior.fit_target)
+    t0 = time.perf_counter()
+    prior, trace = priors.registry.get(name).em(prior, jax.random.fold_in(key, 1), z, config.prior[name])
+    trace = np.asarray(trace)
+    if not np.all(np.isfinite(trace)):
+        raise PriorError(f"{name} EM diverged (non-finite log-likelihood at iteration "
+                         f"{int(np.argmin(np.isfinite(trace)))})")
+    log.info("%s EM: %d iterations in %.1f s, train log-lik %.2f -> %.2f nats",
+             name, len(trace), time.perf_counter() - t0, trace[0], trace[-1])
+    record = log_heldout(wd, name, prior, z_val, step=len(trace), epoch=1)
+    checkpoint.save(ckpt_dir, len(trace), {"prior": nnx.state(prior)})
+    log.info("%s", record)
+    return prior
+
+
+def fit_gradient(config, wd, name, prior, mean, logvar, z_val, key, *, max_epochs_this_run=None):
+    """Adam on the mean -log p(z) in the fit loop: resumable, saved every epoch."""
+    pc = config.prior
+    n = mean.shape[0]
+    steps_per_epoch = n // pc.batch_size
+    if steps_per_epoch < 1:
+        raise PriorError(f"config.prior.batch_size={pc.batch_size} is larger than the training split ({n})")
+    graphdef, params = nnx.split(prior)
+    tx = optim.make_optimizer(pc, steps_per_epoch * pc.num_epochs)
+    metric = f"latent_nll/{name}"
+
+    def train_step(state, z_batch):
+        loss, grads = jax.value_and_grad(lambda p: -jnp.mean(nnx.merge(graphdef, p).log_prob(z_batch)))(state["params"])
+        return optim.apply_gradients(tx, state, grads), {metric: loss}
+
+    @jax.jit
+    def epoch_data(epoch):
+        k = jax.random.fold_in(key, epoch)
+        z = draw_fit_latents(jax.random.fold_in(k, 0), mean, logvar, pc.fit_target)  # fresh each epoch
+        return z, loop.epoch_batch_indices(k, 1, n, pc.batch_size, steps_per_epoch)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def train_chunk(state, z, batch_indices):
+        return loop.scan_steps(lambda st, idx: train_step(st, z[idx]), state, batch_indices)
+
+    def run_epoch(state, epoch, start, should_stop):
+        z, batches = epoch_data(epoch)
+        chunks = (batches[s] for s in loop.chunk_slices(steps_per_epoch, pc.steps_per_call, start))
+        return loop.run_chunks(lambda st, b: train_chunk(st, z, b), state, chunks, should_stop=should_stop)
+
+    def end_epoch(state, step, epoch):
+        record = log_heldout(wd, name, nnx.merge(graphdef, state["params"]), z_val, step, epoch)
+        checkpoint.save(task.checkpoint_dir, step, state)
+        checkpoint.save(wd.prior_checkpoints(name), step, {"prior": state["params"]})  # what readers load
+        return {"val_nll": f"{record[metric]:.2f}", "normal": f"{record[f'latent_nll/{priors.BASELINE}']:.2f}"}
+
+    task = loop.Task(desc=f"prior {name}", steps_per_epoch=steps_per_epoch, num_epochs=pc.num_epochs,
+                     run_epoch=run_epoch, end_epoch=end_epoch, checkpoint_dir=wd.prior_train_state(name),
+                     workdir=wd, tags={"prior": name}, checked=(metric,))
+    state, _ = loop.resume(task, optim.init_state(tx, params))
+    state = loop.fit(task, state, max_epochs_this_run=max_epochs_this_run)
+    return nnx.merge(graphdef, state["params"])
+
+
+def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
+    """Fits every prior named in config.prior.name to the VAE in workdir `wd`."""
+    names = prior_names(config.prior)
+    vae_config = wd.load_config()
+    model, _, _ = wd.restore_vae(vae_config)
+    eval_data = evaluation.EvalData(vae_config, dataset)
+    mean, logvar = eval_data.posteriors(model, "train")
+    z_val = eval_data.heldout_latents(model)
+    fitted = {}
+    for i, name in enumerate(names):
+        spec = priors.registry.get(name)
+        if spec.fit == "none":
+            log.info("prior %s has nothing to fit", name)
+            continue
+        wd.save_prior_config(config, name, model.latent_shape)
+        prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed)
+        key = jax.random.fold_in(eval_data.key("prior_fit"), i)
+        if spec.fit == "em":
+            fitted[name] = fit_em(config, wd, name, prior, mean, logvar, z_val, key)
+        else:
+            fitted[name] = fit_gradient(config, wd, name, prior, mean, logvar, z_val, key,
+                                        max_epochs_this_run=max_epochs_this_run)
+    return fitted

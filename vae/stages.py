@@ -1,0 +1,73 @@
+"""The orchestrator: `train_and_evaluate(config, workdir)` runs the stages `config.stage` names.
+
+  'vae'    stage 1, `vae_stage.train_vae`: the VAE with the N(0, I) prior
+  'prior'  stage 2, `prior_stage.fit_priors`: learned priors on the frozen VAE's latents
+  'all'    both, in that order (README's main job)
+
+Stage 1 never imports stage 2; both sit on the fit loop (`vae.loop`) and the workdir
+(`vae.workdir`). Config values are checked here, before anything is written.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from vae import input_pipeline, loop, models, prior_stage, sharding, vae_stage
+from vae.errors import ConfigError, Stopped, TrainingError
+from vae.workdir import Workdir
+
+STAGES = ("vae", "prior", "all")
+
+
+def check_config(config) -> None:
+    """Raises ConfigError naming the first field whose value cannot work."""
+    tc, pc = config.train, config.prior
+    rules = [
+        ("seed", config.seed >= 0, ">= 0"),
+        ("data.validation_size", config.data.validation_size >= 1, ">= 1"),
+        ("data.num_train", config.data.num_train >= 0, ">= 0 (0: all)"),
+        ("vae.beta", config.vae.beta >= 0, ">= 0"),
+        ("vae.kl", config.vae.kl in ("analytic", "mc"), "'analytic' or 'mc'"),
+        ("train.num_epochs", tc.num_epochs >= 0, ">= 0"),
+        ("train.batch_size", tc.batch_size >= 1, ">= 1"),
+        ("train.learning_rate", tc.learning_rate > 0, "> 0"),
+        ("train.warmup_steps", tc.warmup_steps >= 0, ">= 0"),
+        ("train.grad_clip_norm", tc.grad_clip_norm > 0, "> 0"),
+        ("train.steps_per_call", tc.steps_per_call >= 0, ">= 0 (0: one call per epoch)"),
+        ("train.eval_batch_size", tc.eval_batch_size >= 1, ">= 1"),
+        ("train.data_placement", tc.get("data_placement", "auto") in ("auto", "device", "streamed"),
+         "'auto', 'device' or 'streamed'"),
+        ("train.compute_dtype", tc.get("compute_dtype", "float32") in models.COMPUTE_DTYPES,
+         " or ".join(repr(d) for d in models.COMPUTE_DTYPES)),
+        ("prior.num_epochs", pc.num_epochs >= 0, ">= 0"),
+        ("prior.batch_size", pc.batch_size >= 1, ">= 1"),
+        ("prior.learning_rate", pc.learning_rate > 0, "> 0"),
+        ("prior.steps_per_call", pc.steps_per_call >= 0, ">= 0"),
+    ]
+    for field, ok, expected in rules:
+        if not ok:
+            value = functools.reduce(lambda c, k: c[k], field.split("."), config)
+            raise ConfigError(f"config.{field}={value!r} is out of range; expected {expected}")
+    models.latent_shape_from_config(config.vae, input_pipeline.IMAGE_SHAPE)
+
+
+def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None = None):
+    """Runs the stages named by `config.stage` ('vae', 'prior' or 'all') in `workdir`."""
+    if config.stage not in STAGES:
+        raise TrainingError(f"config.stage={config.stage!r} is unknown; expected one of {STAGES}")
+    check_config(config)
+    sharding.maybe_initialize_distributed(config.train)
+    wd = Workdir(workdir)
+    wd.ensure_writable()
+    # Handlers cover setup and the gaps between stages too: a signal there stops the run
+    # cleanly after the last saved checkpoint instead of killing it outright.
+    with loop.stop_on_signals() as signals:
+        dataset = input_pipeline.load_dataset(config.data)
+        if config.stage in ("vae", "all"):
+            state = vae_stage.train_vae(config, wd, dataset, max_epochs_this_run=max_epochs_this_run)
+            if signals:  # arrived after the last epoch's checkpoint
+                raise Stopped(signals[0], int(state["step"]), wd.checkpoints)
+        if config.stage in ("prior", "all"):
+            prior_stage.fit_priors(config, wd, dataset, max_epochs_this_run=max_epochs_this_run)
+            if signals:
+                raise Stopped(signals[0], None, wd.join("priors"))

@@ -1,0 +1,236 @@
+"""Everything a run keeps on disk, and the only module that knows the layout.
+
+  W/config.json                  the run's config (models are rebuilt from it alone)
+  W/checkpoints/{latest,best}/   the VAE train state ({params, opt_state, step})
+  W/metrics.jsonl                one JSON record per evaluation; stage-2 records carry "prior"
+  W/best_validation_elbo.json    the step and value of the best validation ELBO
+  W/samples/                     image grids written during training
+  W/priors/<name>/               config.json, checkpoints/ (the fitted prior) and, for
+                                 gradient-fitted priors, train_state/ (to resume the fit)
+  W/classifier/                  the cached feature classifier of the report
+  W/report/                      what sample.py writes
+
+Writers (the stages) and readers (sample.py, `vae.load`, diagnostics, experiments,
+benchmarks) all go through `Workdir`; readers open one with `workdir.open(W)`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+import jax
+import ml_collections
+from flax import nnx
+
+import priors
+from vae import checkpoint, models, optim
+from vae.errors import CheckpointError, PriorError, TrainingError
+
+# Config sections that define the model and its data: a workdir written with other values
+# cannot be resumed with these (training length and logging may change freely).
+MODEL_SECTIONS = ("data", "vae")
+# Single fields that must also match to resume: they fix the order and noise of every step.
+RESUME_KEYS = (("seed",), ("train", "batch_size"))
+
+
+def write_atomically(path: str, text: str) -> None:
+    """A kill mid-write leaves the old file, never half of the new one."""
+    tmp = f"{path}.tmp"
+    with io.open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _get(tree: dict, key: tuple):
+    for k in key:
+        tree = tree.get(k, {}) if isinstance(tree, dict) else {}
+    return tree if tree != {} else None
+
+
+def _is_writer() -> bool:
+    return jax.process_index() == 0  # multi-host: one process writes files
+
+
+class Workdir:
+    def __init__(self, path: str):
+        self.path = str(path)
+
+    def __repr__(self):
+        return f"Workdir({self.path!r})"
+
+    # ------------------------------------------------------------------ paths
+
+    def join(self, *parts) -> str:
+        return os.path.join(self.path, *parts)
+
+    @property
+    def checkpoints(self) -> str:
+        return self.join("checkpoints")
+
+    def prior_dir(self, name: str) -> str:
+        return self.join("priors", name)
+
+    def prior_checkpoints(self, name: str) -> str:
+        return self.join("priors", name, "checkpoints")  # the fitted prior alone
+
+    def prior_train_state(self, name: str) -> str:
+        return self.join("priors", name, "train_state")  # + optimizer state: resumes a fit
+
+    # ------------------------------------------------------------------ config
+
+    def ensure_writable(self) -> None:
+        """Fails at once, naming the directory, rather than after an epoch of training."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            tempfile.NamedTemporaryFile(dir=self.path, prefix=".write_test").close()
+        except OSError as e:
+            raise TrainingError(f"workdir {self.path} is not writable: {e.strerror or e}") from e
+
+    def check_resumable(self, config) -> None:
+        """Refuses a workdir whose model/data config, seed or batch size differs from `config`
+        (a resume would silently mix two runs)."""
+        path = self.join("config.json")
+        if not os.path.exists(path):
+            return
+        with io.open(path) as f:
+            old = json.load(f)
+        new = json.loads(config.to_json())
+        diffs = [
+            f"{section}.{k}: {old.get(section, {}).get(k)!r} in workdir, {new[section].get(k)!r} now"
+            for section in MODEL_SECTIONS
+            for k in sorted(set(old.get(section, {})) | set(new[section]))
+            if old.get(section, {}).get(k) != new[section].get(k)
+        ]
+        diffs += [
+            f"{'.'.join(key)}: {_get(old, key)!r} in workdir, {_get(new, key)!r} now"
+            for key in RESUME_KEYS
+            if _get(old, key) != _get(new, key)
+        ]
+        if diffs:
+            raise TrainingError(
+                f"workdir {self.path} was written by a different model/data config, so it cannot "
+                "be resumed: " + "; ".join(diffs) + ". Use a new --workdir, or add --fresh to move "
+                "this one aside and start over."
+            )
+
+    def save_config(self, config) -> None:
+        self.check_resumable(config)
+        if _is_writer():
+            os.makedirs(self.path, exist_ok=True)
+            write_atomically(self.join("config.json"), config.to_json(indent=2))
+
+    def load_config(self) -> ml_collections.ConfigDict:
+        path = self.join("config.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{self.path} is not a training workdir: it has no config.json")
+        with io.open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+
+    # ------------------------------------------------------------------ metrics
+
+    def append_metrics(self, record: dict) -> None:
+        if _is_writer():
+            with io.open(self.join("metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        path = self.join("metrics.jsonl")
+        if not os.path.exists(path):
+            return []
+        with io.open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def rewind_metrics(self, step: int, *, prior: str | None = None) -> None:
+        """Drops the records of one stage (the VAE's, or prior `prior`'s) logged after `step`:
+        work a kill threw away, which the resumed run logs again."""
+        records = self.read_metrics()
+        keep = [r for r in records if r.get("prior") != prior or r["step"] <= step]
+        if len(keep) != len(records) and _is_writer():
+            write_atomically(self.join("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in keep))
+
+    def write_best(self, step: int, elbo: float) -> None:
+        if _is_writer():
+            write_atomically(self.join("best_validation_elbo.json"), json.dumps({"step": step, "elbo": elbo}))
+
+    # ------------------------------------------------------------------ the VAE
+
+    def restore_vae(self, config=None, *, step: int | None = None, kind: str = "best"):
+        """(model, step, kind): the `kind` checkpoint ('best', falling back to 'latest'), or
+        the one at `step`. Restores onto this process's devices."""
+        config = config or self.load_config()
+        if kind not in ("best", "latest"):
+            raise ValueError(f"kind={kind!r}; expected 'best' or 'latest'")
+        if checkpoint.latest(self.checkpoints, "latest") is None:
+            raise CheckpointError(
+                f"{self.path} has no VAE checkpoint; train one first (python train.py --config ... "
+                f"--workdir {self.path} --config.stage=vae)")
+        if checkpoint.latest(self.checkpoints, kind) is None:
+            kind = "latest"
+        if step is not None:
+            kinds = {k: checkpoint.steps(self.checkpoints, k) for k in ("best", "latest")}
+            if not any(step in s for s in kinds.values()):
+                raise CheckpointError(f"no checkpoint at step {step} in {self.checkpoints}; "
+                                      f"available: {sorted(set(kinds['best'] + kinds['latest']))}")
+            kind = "best" if step in kinds["best"] else "latest"
+        graphdef, params = nnx.split(models.create_vae(config))
+        target = jax.eval_shape(lambda p: optim.init_state(optim.make_optimizer(config.train, 1), p), params)
+        state = checkpoint.restore(self.checkpoints, target, step=step, kind=kind)
+        return nnx.merge(graphdef, state["params"]), int(state["step"]), kind
+
+    # ------------------------------------------------------------------ priors
+
+    def save_prior_config(self, config, name: str, latent_shape) -> None:
+        path = os.path.join(self.prior_dir(name), "config.json")
+        record = {"name": name, "latent_shape": list(latent_shape), "prior": json.loads(config.prior.to_json()),
+                  "seed": config.seed}
+        if os.path.exists(path):
+            with io.open(path) as f:
+                old = json.load(f)
+            if old["latent_shape"] != record["latent_shape"]:
+                raise PriorError(
+                    f"{path} is a prior for latent shape {tuple(old['latent_shape'])}, but this VAE's "
+                    f"latent shape is {tuple(latent_shape)}; delete {self.prior_dir(name)} to refit")
+        if _is_writer():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomically(path, json.dumps(record, indent=2))
+
+    def fitted_prior_names(self) -> list[str]:
+        """Priors with a finished fit here, sorted."""
+        root = self.join("priors")
+        names = os.listdir(root) if os.path.isdir(root) else []
+        return sorted(n for n in names if checkpoint.latest(self.prior_checkpoints(n)) is not None)
+
+    def prior_names(self) -> list[str]:
+        """Every prior this run can sample from: those that need no fit (N(0, I)), then the fitted."""
+        return [*priors.registry.names(fit="none"), *self.fitted_prior_names()]
+
+    def load_prior(self, name: str, latent_shape):
+        """A prior for this VAE's `latent_shape`: built, and restored if it is fitted."""
+        if name in priors.registry.names(fit="none"):
+            return priors.build(name, latent_shape)
+        path = os.path.join(self.prior_dir(name), "config.json")
+        if not os.path.exists(path):
+            raise PriorError(f"no prior {name!r} fitted in {self.path} (missing {path})")
+        with io.open(path) as f:
+            record = json.load(f)
+        if tuple(record["latent_shape"]) != tuple(latent_shape):
+            raise PriorError(
+                f"prior {name!r} in {self.prior_dir(name)} was fitted for latent shape "
+                f"{tuple(record['latent_shape'])}, but the VAE's latent shape is {tuple(latent_shape)}")
+        prior = priors.build(name, latent_shape, ml_collections.ConfigDict(record["prior"]), seed=record["seed"])
+        graphdef, state = nnx.split(prior)
+        restored = checkpoint.restore(self.prior_checkpoints(name), {"prior": state}, kind="latest")
+        return nnx.merge(graphdef, restored["prior"])
+
+
+def open(path: str) -> Workdir:  # noqa: A001 - `workdir.open(W)` reads as what it does
+    """An existing run's workdir, for readers: it must hold config.json."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"workdir {path} does not exist")
+    wd = Workdir(path)
+    wd.load_config()  # a clear error now if it is not a training workdir
+    return wd

@@ -14,6 +14,7 @@ marginal_kl (= average KL - mutual_info) is overestimated by what log N cuts off
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -21,28 +22,27 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from priors.gmm import diag_gaussian_log_probs
+from priors import gaussians
 from vae import losses
+
 
 def _flat(a):
     return a.reshape(a.shape[0], -1)
 
 
-@jax.jit
-def _log_mixture_chunk(z, means, logvars):
-    """log sum_n N(z; mu_n, diag var_n) for z (B, D) against one chunk of components (C, D)."""
-    return jax.nn.logsumexp(diag_gaussian_log_probs(z, means, logvars), axis=1)
+@functools.partial(jax.jit, static_argnames="chunk")
+def _log_q_rows(z, means, logvars, chunk):
+    """log q(z) for a chunk of rows z (B, D): the uniform mixture of all N posteriors."""
+    n = means.shape[0]
+    return gaussians.log_mixture(z, means, logvars, jnp.full((n,), -math.log(n)), chunk=chunk)
 
 
 def log_aggregate_posterior(z, means, logvars, *, chunk: int = 4096, z_chunk: int = 1000, desc=None):
-    """log q(z) for z (M, *latent) under the mixture of N posteriors (means/logvars (N, *latent))."""
+    """log q(z) for z (M, *latent) under the mixture of N posteriors (means/logvars (N, *latent)).
+    Accurate to ~1e-4 nats in float32 however sharp the posteriors (`priors.gaussians`)."""
     z, means, logvars = _flat(jnp.asarray(z)), _flat(jnp.asarray(means)), _flat(jnp.asarray(logvars))
-    n = means.shape[0]
-    out = []
-    for i in tqdm(range(0, len(z), z_chunk), desc=desc or "log q(z)", leave=False, disable=desc is False):
-        zc = z[i : i + z_chunk]
-        parts = [_log_mixture_chunk(zc, means[j : j + chunk], logvars[j : j + chunk]) for j in range(0, n, chunk)]
-        out.append(jax.nn.logsumexp(jnp.stack(parts), axis=0) - math.log(n))
+    out = [_log_q_rows(z[i : i + z_chunk], means, logvars, chunk)
+           for i in tqdm(range(0, len(z), z_chunk), desc=desc or "log q(z)", leave=False, disable=desc is False)]
     return jnp.concatenate(out)
 
 

@@ -27,7 +27,9 @@ def frechet_distance(feats_a, feats_b) -> float:
 
 @jax.jit
 def _sq_dists(a, b):
-    return jnp.maximum(jnp.sum(a**2, 1)[:, None] - 2.0 * a @ b.T + jnp.sum(b**2, 1)[None], 0.0)
+    # HIGHEST: TF32 (the float32 matmul default on recent NVIDIA GPUs) would move the k-NN radii.
+    cross = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.maximum(jnp.sum(a**2, 1)[:, None] - 2.0 * cross + jnp.sum(b**2, 1)[None], 0.0)
 
 
 def _kth_nn_radius(x, k: int, chunk: int) -> np.ndarray:

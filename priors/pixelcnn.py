@@ -8,7 +8,12 @@ Causality without masks, by shifting (as PixelCNN++ does):
     its later convs look at rows <= i of v, which keeps that property;
   * the horizontal stack h starts as v's link plus right_shift(row_conv(z)), so h[i, j]
     sees rows < i and (i, < j); its later convs are 1 x (k//2+1) on the row, left of and at j;
-  * v feeds h at the same position (no blind spot: v covers everything above, left to right).
+  * v feeds h at the same position, so h sees no blind spot *within* v's reach. That reach
+    is bounded: each vertical layer widens it by k//2 columns to each side, and the stack does
+    not span the full width. On the default 7x7 grid (4 layers, kernel 3) positions (i, 0) never
+    see column 6 of the rows above and (i, 6) never see column 0: 12 of the 49 positions ignore
+    1-6 earlier positions (measured with the Jacobian). The density stays normalized and
+    autoregressive; those conditionals just use less context than the raster order allows.
 Within a position, channel c's parameters add a strictly lower-triangular linear map of the
 channels < c to the position's features (`channel_head`).
 

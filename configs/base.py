@@ -50,7 +50,14 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     config.prior = ml_collections.ConfigDict()
     config.prior.name = "gmm,pixelcnn"  # one or several, comma separated
-    config.prior.fit_target = "sample"  # 'sample': fresh z ~ q(z|x) each epoch; 'mean': mu(x)
+    config.prior.fit_target = "sample"  # 'sample': z ~ q(z|x); 'mean': the posterior means mu(x)
+    # Gradient-fitted priors: 'per_epoch' fits fresh draws z ~ q(z|x) every epoch; 'once' fits
+    # one fixed draw every epoch (as EM does).
+    config.prior.latent_draws = "per_epoch"
+    config.prior.em_draws_per_image = 1  # EM-fitted priors (the GMM): draws per training image
+    # Binarized data: 'once' encodes the training images binarized once (the run's named
+    # seed); 'per_epoch' binarizes them afresh for every epoch/draw, as stage 1 trained.
+    config.prior.binarization = "once"
     config.prior.num_epochs = 30
     config.prior.batch_size = 128
     config.prior.learning_rate = 1e-3

@@ -2,6 +2,7 @@
 
 Session fixtures train once and are shared read-only (tests that change a run copy it first):
   smoke_workdir  README's main job (conv VAE + GMM + PixelCNN) on the smoke preset
+  smoke_report   sample.py's comparison on it
   straight_run   the MLP smoke VAE (6 epochs) and a MADE prior, uninterrupted, for the
                  resume/bad-input tests to compare against
 Real MNIST comes from ../shared; CLI helpers run train.py/sample.py as real subprocesses.
@@ -44,6 +45,18 @@ def smoke_workdir(mnist_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke") / "run"
     stages.train_and_evaluate(mnist_config(), str(workdir))
     return workdir
+
+
+SMOKE_REPORT_N = 500
+
+
+@pytest.fixture(scope="session")
+def smoke_report(smoke_workdir, tmp_path_factory):
+    """(out_dir, report) of sample.py's comparison on the smoke main job."""
+    from vae import report
+
+    out = tmp_path_factory.mktemp("report")
+    return out, report.compare(str(smoke_workdir), str(out), n_samples=SMOKE_REPORT_N, k=10, command="test")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import vae
 from tests.conftest import REPO, read_metrics
 from vae import checkpoint
-from vae.errors import CheckpointError
+from vae.errors import CheckpointError, PriorError
 
 NOTEBOOK = REPO / "notebooks" / "inspect_checkpoint.ipynb"
 
@@ -27,7 +27,11 @@ def test_load_picks_best_latest_or_step(smoke_workdir):
     best = json.loads((smoke_workdir / "best_validation_elbo.json").read_text())
     assert vae.load(str(smoke_workdir)).step == best["step"]
     steps = checkpoint.steps(str(smoke_workdir / "checkpoints"))
-    assert vae.load(str(smoke_workdir), step=steps[0]).step == steps[0]
+    assert steps[0] != best["step"]
+    # An earlier checkpoint opens without the priors, which belong to the best one.
+    assert vae.load(str(smoke_workdir), step=steps[0], learned_priors=False).step == steps[0]
+    with pytest.raises(PriorError, match=f"fitted to the VAE at step {best['step']}.*this VAE is step {steps[0]}"):
+        vae.load(str(smoke_workdir), step=steps[0])
     with pytest.raises(CheckpointError, match="no checkpoint at step 7"):
         vae.load(str(smoke_workdir), step=7)
 

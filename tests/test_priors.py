@@ -101,7 +101,8 @@ def test_fitting_recovers_a_known_density(name, tmp_path):
     logvar = jnp.full_like(train, -jnp.inf)
     (tmp_path / "priors").mkdir()
     fit = prior_stage.fit_em if name == "gmm" else prior_stage.fit_gradient
-    prior = fit(config, workdir_lib.Workdir(str(tmp_path)), name, prior, train, logvar, held, jax.random.key(2))
+    prior = fit(config, workdir_lib.Workdir(str(tmp_path)), name, prior, lambda i: (train, logvar), held,
+                jax.random.key(2))
     nll = evaluation.latent_nll(prior, held)
     normal = evaluation.latent_nll(priors.StandardNormal((2,)), held)
     cov = np.cov(np.asarray(train).T)

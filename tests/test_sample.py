@@ -5,16 +5,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from tests.conftest import SMOKE_REPORT_N as N
 from tests.conftest import read_metrics, run_cli
-from vae import report
-
-N = 500
-
-
-@pytest.fixture(scope="session")
-def smoke_report(smoke_workdir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    return out, report.compare(str(smoke_workdir), str(out), n_samples=N, k=10, command="test")
 
 
 def test_writes_every_file(smoke_report):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import priors
 from vae import evaluation, input_pipeline, losses, models
 from vae import workdir as workdir_lib
 
@@ -62,10 +63,15 @@ class Run:
         return evaluation.EvalData(self.config, dataset or self.dataset()).elbo(self.model, split)
 
 
-def load(workdir: str, *, step: int | None = None, kind: str = "best") -> Run:
-    """The run in `workdir`: its 'best' checkpoint (or 'latest'; `step=` picks one)."""
+def load(workdir: str, *, step: int | None = None, kind: str = "best", learned_priors: bool = True) -> Run:
+    """The run in `workdir`: its 'best' checkpoint (or 'latest'; `step=` picks one), with every
+    prior fitted to that checkpoint. A prior fitted to another checkpoint is refused (its
+    numbers would pair this decoder with another encoder's latents); `learned_priors=False`
+    opens the checkpoint with N(0, I) alone."""
     wd = workdir_lib.open(workdir)
     config = wd.load_config()
     model, step, kind = wd.restore_vae(config, step=step, kind=kind)
-    fitted = {name: wd.load_prior(name, model.latent_shape) for name in wd.prior_names()}
+    names = wd.prior_names() if learned_priors else priors.registry.names(fit="none")
+    fitted_to = workdir_lib.vae_fingerprint(model, step)
+    fitted = {name: wd.load_prior(name, model.latent_shape, fitted_to) for name in names}
     return Run(wd.path, config, model, fitted, step, kind)

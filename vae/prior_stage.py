@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import time
 
 import jax
@@ -24,7 +25,8 @@ import numpy as np
 from flax import nnx
 
 import priors
-from vae import checkpoint, evaluation, loop, optim
+from vae import checkpoint, evaluation, input_pipeline, loop, optim
+from vae import workdir as workdir_lib
 from vae.errors import PriorError
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,28 @@ def draw_fit_latents(key, mean, logvar, fit_target: str):
     raise PriorError(f"config.prior.fit_target={fit_target!r}; expected 'sample' or 'mean'")
 
 
+def training_posteriors(config, eval_data, model):
+    """index -> (mean, logvar) of q(z|x) over the training images, as `prior.binarization`
+    says: 'once' (every index: the images binarized once by the run's named seed) or
+    'per_epoch' (index i: binarized afresh by fold_in(that seed, i), as stage 1 trained)."""
+    mean, logvar = eval_data.posteriors(model, "train")
+    if config.prior.binarization == "once" or not eval_data.binarize:
+        return lambda index: (mean, logvar)
+    graphdef, params = nnx.split(model)
+    images = jnp.asarray(eval_data.dataset.train.images)
+    batch = 1000
+    pad = (-len(images)) % batch
+
+    @jax.jit
+    def encode_fresh(params, index):
+        x = input_pipeline.prepare_images(images, jax.random.fold_in(eval_data.key("train_latents"), index), True)
+        x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(-1, batch, *x.shape[1:])
+        m, lv = jax.lax.map(nnx.merge(graphdef, params).encode, x)
+        return m.reshape(-1, *m.shape[2:])[: len(images)], lv.reshape(-1, *lv.shape[2:])[: len(images)]
+
+    return lambda index: encode_fresh(params, index)
+
+
 def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
     """The held-out latent NLL of `prior` and of N(0, I) beside it, as one metrics record."""
     dims = math.prod(z_val.shape[1:])
@@ -61,15 +85,18 @@ def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
     return record
 
 
-def fit_em(config, wd, name, prior, mean, logvar, z_val, key):
-    """One EM fit on one draw of training latents; a finished fit is restored, not redone."""
+def fit_em(config, wd, name, prior, posteriors, z_val, key):
+    """One EM fit on `prior.em_draws_per_image` draws of every training latent (draw j from
+    posteriors(j)); a finished fit is restored, not redone."""
     ckpt_dir = wd.prior_checkpoints(name)
     graphdef, state = nnx.split(prior)
     if checkpoint.latest(ckpt_dir) is not None:
         log.info("prior %s already fitted in %s", name, ckpt_dir)
         return nnx.merge(graphdef, checkpoint.restore(ckpt_dir, {"prior": state})["prior"])
     wd.rewind_metrics(-1, prior=name)  # from a fit killed before its checkpoint
-    z = draw_fit_latents(jax.random.fold_in(key, 0), mean, logvar, config.prior.fit_target)
+    draw_key = jax.random.fold_in(key, 0)
+    keys = [draw_key] + [jax.random.fold_in(draw_key, j) for j in range(1, config.prior.em_draws_per_image)]
+    z = jnp.concatenate([draw_fit_latents(k, *posteriors(j), config.prior.fit_target) for j, k in enumerate(keys)])
     t0 = time.perf_counter()
     prior, trace = priors.registry.get(name).em(prior, jax.random.fold_in(key, 1), z, config.prior[name])
     trace = np.asarray(trace)
@@ -84,10 +111,12 @@ def fit_em(config, wd, name, prior, mean, logvar, z_val, key):
     return prior
 
 
-def fit_gradient(config, wd, name, prior, mean, logvar, z_val, key, *, max_epochs_this_run=None):
-    """Adam on the mean -log p(z) in the fit loop: resumable, saved every epoch."""
+def fit_gradient(config, wd, name, prior, posteriors, z_val, key, *, max_epochs_this_run=None):
+    """Adam on the mean -log p(z) in the fit loop: resumable, saved every epoch. Epoch e fits
+    fresh draws from posteriors(e) (`prior.latent_draws='per_epoch'`) or, every epoch, the
+    one draw of epoch 0 ('once')."""
     pc = config.prior
-    n = mean.shape[0]
+    n = posteriors(0)[0].shape[0]
     steps_per_epoch = n // pc.batch_size
     if steps_per_epoch < 1:
         raise PriorError(f"config.prior.batch_size={pc.batch_size} is larger than the training split ({n})")
@@ -100,17 +129,17 @@ def fit_gradient(config, wd, name, prior, mean, logvar, z_val, key, *, max_epoch
         return optim.apply_gradients(tx, state, grads), {metric: loss}
 
     @jax.jit
-    def epoch_data(epoch):
-        k = jax.random.fold_in(key, epoch)
-        z = draw_fit_latents(jax.random.fold_in(k, 0), mean, logvar, pc.fit_target)  # fresh each epoch
-        return z, loop.epoch_batch_indices(k, 1, n, pc.batch_size, steps_per_epoch)
+    def epoch_data(epoch, draw_epoch, mean, logvar):
+        z = draw_fit_latents(jax.random.fold_in(jax.random.fold_in(key, draw_epoch), 0), mean, logvar, pc.fit_target)
+        return z, loop.epoch_batch_indices(jax.random.fold_in(key, epoch), 1, n, pc.batch_size, steps_per_epoch)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_chunk(state, z, batch_indices):
         return loop.scan_steps(lambda st, idx: train_step(st, z[idx]), state, batch_indices)
 
     def run_epoch(state, epoch, start, should_stop):
-        z, batches = epoch_data(epoch)
+        draw_epoch = epoch if pc.latent_draws == "per_epoch" else 0
+        z, batches = epoch_data(epoch, draw_epoch, *posteriors(draw_epoch))
         chunks = (batches[s] for s in loop.chunk_slices(steps_per_epoch, pc.steps_per_call, start))
         return loop.run_chunks(lambda st, b: train_chunk(st, z, b), state, chunks, should_stop=should_stop)
 
@@ -132,9 +161,11 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
     """Fits every prior named in config.prior.name to the VAE in workdir `wd`."""
     names = prior_names(config.prior)
     vae_config = wd.load_config()
-    model, _, _ = wd.restore_vae(vae_config)
+    model, step, _ = wd.restore_vae(vae_config)
+    fitted_to = workdir_lib.vae_fingerprint(model, step)
+    wd.log_invocation("prior")
     eval_data = evaluation.EvalData(vae_config, dataset)
-    mean, logvar = eval_data.posteriors(model, "train")
+    posteriors = training_posteriors(config, eval_data, model)
     z_val = eval_data.heldout_latents(model)
     fitted = {}
     for i, name in enumerate(names):
@@ -142,12 +173,15 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
         if spec.fit == "none":
             log.info("prior %s has nothing to fit", name)
             continue
-        wd.save_prior_config(config, name, model.latent_shape)
+        stale = os.path.exists(wd.prior_dir(name)) and wd.stale_prior_reason(name, fitted_to)
+        if stale:  # fitted to an earlier VAE (trained further since): refit from scratch
+            log.warning("%s; refitting it (the old fit is kept in %s)", stale, wd.set_stale_prior_aside(name))
+        wd.save_prior_config(config, name, model.latent_shape, fitted_to)
         prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed)
         key = jax.random.fold_in(eval_data.key("prior_fit"), i)
         if spec.fit == "em":
-            fitted[name] = fit_em(config, wd, name, prior, mean, logvar, z_val, key)
+            fitted[name] = fit_em(config, wd, name, prior, posteriors, z_val, key)
         else:
-            fitted[name] = fit_gradient(config, wd, name, prior, mean, logvar, z_val, key,
+            fitted[name] = fit_gradient(config, wd, name, prior, posteriors, z_val, key,
                                         max_epochs_this_run=max_epochs_this_run)
     return fitted

@@ -68,9 +68,9 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     t_start = time.perf_counter()
     wd = workdir_lib.open(workdir)
     config = wd.load_config()
-    vae, _, _ = wd.restore_vae(config)
+    vae, vae_step, _ = wd.restore_vae(config)
+    fitted_to = workdir_lib.vae_fingerprint(vae, vae_step)
     out_dir = out_dir or wd.join("report")
-    os.makedirs(out_dir, exist_ok=True)
     dataset = input_pipeline.load_dataset(config.data)
     binarize = config.data.binarize
 
@@ -82,7 +82,8 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         log.warning("no learned prior fitted in %s: reporting %s only. Fit one with: python train.py "
                     "--config <config> --workdir %s --config.stage=prior --config.prior.name=gmm,pixelcnn",
                     wd.path, ", ".join(names), wd.path)
-    fitted = {n: wd.load_prior(n, vae.latent_shape) for n in names}
+    fitted = {n: wd.load_prior(n, vae.latent_shape, fitted_to) for n in names}  # refuses stale priors
+    os.makedirs(out_dir, exist_ok=True)
 
     # The splits as stage 1 evaluated them (the run's evaluation data).
     eval_data = evaluation.EvalData(config, dataset)
@@ -90,10 +91,13 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     test_mean, test_logvar = eval_data.posteriors(vae, "test")
     train_mean, train_logvar = eval_data.posteriors(vae, "train")
     val_mean, val_logvar = eval_data.posteriors(vae, "validation")
-    heldout = analysis.heldout_log_q(key("hole_threshold"), val_mean, val_logvar, train_mean, train_logvar)
+    # The hole threshold comes from the first half of the validation posteriors; the check that
+    # held-out latents fall in holes ~1% of the time uses the second half (not the same ones).
+    half = len(val_mean) // 2
+    heldout = analysis.heldout_log_q(key("hole_threshold"), val_mean[:half], val_logvar[:half],
+                                     train_mean, train_logvar)
     threshold = float(np.percentile(heldout, 1.0))
-    # Calibration: held-out latents drawn afresh from q(z) fall in holes ~1% of the time.
-    heldout_z, _ = analysis.sample_aggregate_posterior(key("heldout_draws"), val_mean, val_logvar, 10000)
+    heldout_z, _ = analysis.sample_aggregate_posterior(key("heldout_draws"), val_mean[half:], val_logvar[half:], 10000)
     heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)["prior_hole_rate"]
     clf, clf_acc = classifier.load_or_train(wd.join("classifier"), dataset, seed=seed)
     real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
@@ -139,7 +143,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "n_samples": n_samples,
         "k": k,
         "vae": {"arch": config.vae.arch, "latent_shape": list(vae.latent_shape), "likelihood": vae.likelihood,
-                "workdir": wd.path},
+                "workdir": wd.path, "checkpoint": fitted_to},
         "priors": results,
         "data_labels": data_labels,
         "classifier": {"test_accuracy": clf_acc},
@@ -147,6 +151,8 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "heldout_latent_hole_rate": heldout_hole_rate,
         "heldout_median_log_q": float(np.median(heldout)),
         "command": command or " ".join(sys.argv),
+        "code": workdir_lib.code_version(),  # the code of this report, and of each training run:
+        "training_runs": [{k: r[k] for k in ("stage", "code", "time")} for r in wd.invocations()],
         "wall_seconds": time.perf_counter() - t_start,
     }
     with open(os.path.join(out_dir, "report.json"), "w") as f:
@@ -171,7 +177,8 @@ def markdown_table(report: dict) -> str:
         "",
         f"{report['n_samples']} samples per prior; metrics on the test split; classifier test accuracy "
         f"{report['classifier']['test_accuracy']:.4f}; data label entropy {report['data_labels']['label_entropy']:.3f} nats; "
-        f"held-out latents from q(z) itself: hole rate {report['heldout_latent_hole_rate']:.3f}, "
+        f"held-out latents (the validation half that did not set the threshold): hole rate "
+        f"{report['heldout_latent_hole_rate']:.3f}, "
         f"median log q(z) {report['heldout_median_log_q']:.1f} nats.",
         "",
         "| prior | " + " | ".join(h for _, h in cols) + " |",

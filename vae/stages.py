@@ -43,6 +43,10 @@ def check_config(config) -> None:
         ("prior.batch_size", pc.batch_size >= 1, ">= 1"),
         ("prior.learning_rate", pc.learning_rate > 0, "> 0"),
         ("prior.steps_per_call", pc.steps_per_call >= 0, ">= 0"),
+        ("prior.fit_target", pc.fit_target in ("sample", "mean"), "'sample' or 'mean'"),
+        ("prior.latent_draws", pc.latent_draws in ("per_epoch", "once"), "'per_epoch' or 'once'"),
+        ("prior.em_draws_per_image", pc.em_draws_per_image >= 1, ">= 1"),
+        ("prior.binarization", pc.binarization in ("once", "per_epoch"), "'once' or 'per_epoch'"),
     ]
     for field, ok, expected in rules:
         if not ok:

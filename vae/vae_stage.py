@@ -180,6 +180,7 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
         checked=("loss", "recon", "kl", "grad_norm"), batch_size=tc.batch_size)
     state, resumed = loop.resume(task, state)
     wd.save_config(config)  # only once the checkpoint restored: a failed resume changes nothing
+    wd.log_invocation("vae")
     if resumed:
         log.info("Resuming from %s at step %d", wd.checkpoints, int(state["step"]))
     log.info("training on %d device(s), %s data", mesh.size, "device-resident" if resident else "streamed")

@@ -4,6 +4,7 @@
   W/checkpoints/{latest,best}/   the VAE train state ({params, opt_state, step})
   W/metrics.jsonl                one JSON record per evaluation; stage-2 records carry "prior"
   W/best_validation_elbo.json    the step and value of the best validation ELBO
+  W/runs.jsonl                   one line per train.py run: stage, git commit, command
   W/samples/                     image grids written during training
   W/priors/<name>/               config.json, checkpoints/ (the fitted prior) and, for
                                  gradient-fitted priors, train_state/ (to resume the fit)
@@ -16,13 +17,19 @@ benchmarks) all go through `Workdir`; readers open one with `workdir.open(W)`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
+import time
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 
 import priors
@@ -48,6 +55,36 @@ def _get(tree: dict, key: tuple):
     for k in key:
         tree = tree.get(k, {}) if isinstance(tree, dict) else {}
     return tree if tree != {} else None
+
+
+def vae_fingerprint(model, step: int) -> dict:
+    """Which VAE checkpoint this is: its step and a hash of its parameters (a --fresh run can
+    reach the same step with other weights). Priors record it; readers check it."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(nnx.state(model)):
+        digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return {"step": int(step), "params_sha256": digest.hexdigest()[:16]}
+
+
+def _describe(fingerprint) -> str:
+    return f"step {fingerprint['step']} (params sha256 {fingerprint['params_sha256']})"
+
+
+def code_version() -> dict:
+    """The git commit of this code and whether tracked files differ from it (None outside git)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if head.returncode:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def _is_writer() -> bool:
@@ -151,6 +188,21 @@ class Workdir:
         if len(keep) != len(records) and _is_writer():
             write_atomically(self.join("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in keep))
 
+    def log_invocation(self, stage: str) -> None:
+        """One line per train.py run in W/runs.jsonl: when, which stage, which code, the command."""
+        if _is_writer():
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage, "code": code_version(),
+                      "command": " ".join(sys.argv)}
+            with io.open(self.join("runs.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def invocations(self) -> list[dict]:
+        path = self.join("runs.jsonl")
+        if not os.path.exists(path):
+            return []
+        with io.open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
     def write_best(self, step: int, elbo: float) -> None:
         if _is_writer():
             write_atomically(self.join("best_validation_elbo.json"), json.dumps({"step": step, "elbo": elbo}))
@@ -182,10 +234,12 @@ class Workdir:
 
     # ------------------------------------------------------------------ priors
 
-    def save_prior_config(self, config, name: str, latent_shape) -> None:
+    def save_prior_config(self, config, name: str, latent_shape, fitted_to: dict) -> None:
+        """priors/<name>/config.json: the prior's config, latent shape and the VAE checkpoint
+        (`vae_fingerprint`) its latents came from."""
         path = os.path.join(self.prior_dir(name), "config.json")
         record = {"name": name, "latent_shape": list(latent_shape), "prior": json.loads(config.prior.to_json()),
-                  "seed": config.seed}
+                  "seed": config.seed, "fitted_to": fitted_to}
         if os.path.exists(path):
             with io.open(path) as f:
                 old = json.load(f)
@@ -197,6 +251,36 @@ class Workdir:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_atomically(path, json.dumps(record, indent=2))
 
+    def _prior_record(self, name: str) -> dict:
+        path = os.path.join(self.prior_dir(name), "config.json")
+        if not os.path.exists(path):
+            raise PriorError(f"no prior {name!r} fitted in {self.path} (missing {path})")
+        with io.open(path) as f:
+            return json.load(f)
+
+    def stale_prior_reason(self, name: str, fitted_to: dict) -> str | None:
+        """Why prior `name`'s fit does not belong to the VAE `fitted_to` (None if it does)."""
+        recorded = self._prior_record(name).get("fitted_to")
+        if recorded is None:
+            return (f"prior {name!r} in {self.prior_dir(name)} does not record which VAE checkpoint it was "
+                    f"fitted to (fitted before provenance was recorded); this VAE is {_describe(fitted_to)}")
+        if recorded != fitted_to:
+            return (f"prior {name!r} in {self.prior_dir(name)} was fitted to the VAE at {_describe(recorded)}, "
+                    f"but this VAE is {_describe(fitted_to)}")
+        return None
+
+    def set_stale_prior_aside(self, name: str) -> str:
+        """Moves a stale fit to W/stale_priors/<name>.<time>/ with its metrics records (nothing
+        is deleted); returns where."""
+        aside = self.join("stale_priors", f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        if _is_writer():
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            shutil.move(self.prior_dir(name), aside)
+            records = [r for r in self.read_metrics() if r.get("prior") == name]
+            write_atomically(os.path.join(aside, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
+            self.rewind_metrics(-1, prior=name)
+        return aside
+
     def fitted_prior_names(self) -> list[str]:
         """Priors with a finished fit here, sorted."""
         root = self.join("priors")
@@ -207,19 +291,20 @@ class Workdir:
         """Every prior this run can sample from: those that need no fit (N(0, I)), then the fitted."""
         return [*priors.registry.names(fit="none"), *self.fitted_prior_names()]
 
-    def load_prior(self, name: str, latent_shape):
-        """A prior for this VAE's `latent_shape`: built, and restored if it is fitted."""
+    def load_prior(self, name: str, latent_shape, fitted_to: dict | None = None):
+        """A prior for this VAE's `latent_shape`: built, and restored if it is fitted. With
+        `fitted_to` (a `vae_fingerprint`), a prior fitted to another VAE checkpoint is refused."""
         if name in priors.registry.names(fit="none"):
             return priors.build(name, latent_shape)
-        path = os.path.join(self.prior_dir(name), "config.json")
-        if not os.path.exists(path):
-            raise PriorError(f"no prior {name!r} fitted in {self.path} (missing {path})")
-        with io.open(path) as f:
-            record = json.load(f)
+        record = self._prior_record(name)
         if tuple(record["latent_shape"]) != tuple(latent_shape):
             raise PriorError(
                 f"prior {name!r} in {self.prior_dir(name)} was fitted for latent shape "
                 f"{tuple(record['latent_shape'])}, but the VAE's latent shape is {tuple(latent_shape)}")
+        stale = fitted_to is not None and self.stale_prior_reason(name, fitted_to)
+        if stale:
+            raise PriorError(f"{stale}. Its numbers would pair this encoder/decoder with another one's latents; "
+                             f"refit it: python train.py --config <config> --workdir {self.path} --config.stage=prior")
         prior = priors.build(name, latent_shape, ml_collections.ConfigDict(record["prior"]), seed=record["seed"])
         graphdef, state = nnx.split(prior)
         restored = checkpoint.restore(self.prior_checkpoints(name), {"prior": state}, kind="latest")

@@ -1,0 +1,91 @@
+"""README's results tables, generated from a report.json and checked against README.
+
+  python benchmarks/readme_results.py --report runs/fashion_mnist/report/report.json           # print the block
+  python benchmarks/readme_results.py --report runs/fashion_mnist/report/report.json --check README.md
+
+A block in README sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->` (NAME: the
+report's dataset) and names the commit the numbers came from. `--check` fails (exit 1) unless
+README holds exactly the block this report.json gives, from a report of a clean checkout; it
+prints a skip line and exits 0 when the report does not exist (nothing to compare).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+from absl import app, flags
+
+from vae import cli, report
+
+_REPORT = flags.DEFINE_string("report", "runs/fashion_mnist/report/report.json", "A report.json of sample.py.")
+_CHECK = flags.DEFINE_string("check", None, "Check this README instead of printing the block.")
+
+LABELS = {"standard_normal": "N(0, I)"}
+
+
+def block(rep: dict) -> str:
+    """The README block for one report.json."""
+    code = rep.get("code") or {}
+    commit = (code.get("commit") or "unknown")[:10]
+    dirty = " (uncommitted changes)" if code.get("dirty") else ""
+    runs = sorted({(r["code"] or {}).get("commit", "?")[:10] for r in rep.get("training_runs", [])})
+    cols = [(k, h.replace("[k]", f"[{rep['k']}]")) for k, h in report.COLUMNS]
+    bits = "nll_iwae_bits_per_dim" in next(iter(rep["priors"].values()))
+    head = ["prior", *(h for _, h in cols[:1]), *(["bits/dim"] if bits else []), *(h for _, h in cols[1:])]
+    lines = [
+        f"<!-- results:{rep['dataset']} -->",
+        f"Measured at commit {commit}{dirty} (report.json `code`; trained at {', '.join(runs) or 'unknown'}): "
+        f"`{rep['command']}`, {rep['n_samples']} samples per prior, wall {rep['wall_seconds'] / 60:.1f} min.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| --- |" + " --- |" * (len(head) - 1),
+    ]
+    for name, r in rep["priors"].items():
+        cells = [f"{r[k]:.4g}" for k, _ in cols]
+        if bits:
+            cells.insert(1, f"{r['nll_iwae_bits_per_dim']:.4f}")
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    lines.append(f"<!-- /results:{rep['dataset']} -->")
+    return "\n".join(lines)
+
+
+def check(readme: str, rep: dict) -> list[str]:
+    """Problems with README's block for this report (empty: it matches)."""
+    name = rep["dataset"]
+    found = re.search(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", readme, re.S)
+    problems = []
+    if found is None:
+        problems.append(f"README has no <!-- results:{name} --> block")
+    elif found.group(0) != block(rep):
+        problems.append(f"README's {name} block differs from the one this report.json gives")
+    if (rep.get("code") or {}).get("dirty") is not False:
+        problems.append("the report was made from a checkout with uncommitted changes (or outside git)")
+    return problems
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not os.path.exists(_REPORT.value):
+        print(f"skip: no report at {_REPORT.value}; run README's main job to compare")
+        return
+    with open(_REPORT.value) as f:
+        rep = json.load(f)
+    if _CHECK.value is None:
+        print(block(rep))
+        return
+    with open(_CHECK.value) as f:
+        problems = check(f.read(), rep)
+    for p in problems:
+        print(f"mismatch: {p}", file=sys.stderr)
+    if problems:
+        print("the block this report gives:\n" + block(rep), file=sys.stderr)
+        sys.exit(1)
+    print(f"README's {rep['dataset']} table matches {_REPORT.value}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -168,17 +168,23 @@ class Workdir:
 
     # ------------------------------------------------------------------ metrics
 
-    def append_metrics(self, record: dict) -> None:
+    def _append_jsonl(self, name: str, record: dict) -> None:
         if _is_writer():
-            with io.open(self.join("metrics.jsonl"), "a") as f:
+            with io.open(self.join(name), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def read_metrics(self) -> list[dict]:
-        path = self.join("metrics.jsonl")
+    def _read_jsonl(self, name: str) -> list[dict]:
+        path = self.join(name)
         if not os.path.exists(path):
             return []
         with io.open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
+
+    def append_metrics(self, record: dict) -> None:
+        self._append_jsonl("metrics.jsonl", record)
+
+    def read_metrics(self) -> list[dict]:
+        return self._read_jsonl("metrics.jsonl")
 
     def rewind_metrics(self, step: int, *, prior: str | None = None) -> None:
         """Drops the records of one stage (the VAE's, or prior `prior`'s) logged after `step`:
@@ -190,18 +196,11 @@ class Workdir:
 
     def log_invocation(self, stage: str) -> None:
         """One line per train.py run in W/runs.jsonl: when, which stage, which code, the command."""
-        if _is_writer():
-            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage, "code": code_version(),
-                      "command": " ".join(sys.argv)}
-            with io.open(self.join("runs.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self._append_jsonl("runs.jsonl", {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage,
+                                          "code": code_version(), "command": " ".join(sys.argv)})
 
     def invocations(self) -> list[dict]:
-        path = self.join("runs.jsonl")
-        if not os.path.exists(path):
-            return []
-        with io.open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return self._read_jsonl("runs.jsonl")
 
     def write_best(self, step: int, elbo: float) -> None:
         if _is_writer():

@@ -9,10 +9,10 @@ recent NVIDIA GPUs) lose 0.5-15 nats already at std 0.1. Here:
     GMM's few components: exact to float32 rounding);
   * `log_mixture` (for mixtures of thousands of components, the aggregate posterior) scores
     every component by the fast expansion, at `precision=HIGHEST` so TF32 never applies,
-    keeps each row's `top` best components, recomputes those directly, and adds the rest's
-    mass from the expansion. The rest lies far below the top in the sharp regime where the
-    expansion is poor, so its error cannot reach the result; where components overlap,
-    they are broad and the expansion is accurate.
+    keeps each row's `top` best components, recomputes those directly, and adds the mass of
+    the rest as the expansion scores it (accumulated directly, never by subtraction). The
+    rest lies far below the top in the sharp regime where the expansion is poor, so its error
+    cannot reach the result; where components are broad, the expansion is accurate.
 """
 
 from __future__ import annotations
@@ -67,20 +67,22 @@ def log_mixture(x, means, logvars, log_weights, *, chunk: int = 4096, top: int =
               log_weights.reshape(-1, chunk), jnp.arange(means.shape[0]).reshape(-1, chunk))
 
     def body(carry, block):
-        top_vals, top_idx, total = carry
+        top_vals, top_idx, rest = carry
         mu, logvar, log_w, idx = block
         scores = diag_log_probs_expanded(x, mu, logvar) + log_w[None]
-        total = jnp.logaddexp(total, jax.nn.logsumexp(scores, axis=1))
         vals = jnp.concatenate([top_vals, scores], axis=1)
         ids = jnp.concatenate([top_idx, jnp.broadcast_to(idx, scores.shape)], axis=1)
         top_vals, pos = jax.lax.top_k(vals, top)
-        return (top_vals, jnp.take_along_axis(ids, pos, axis=1), total), None
+        # What leaves the top is added to the rest as it is, never by subtraction from a total:
+        # a subtraction leaves float32 rounding (~1e-7 of the total) that the expansion's
+        # errors (tens of nats for sharp components) could inflate past the top's own mass.
+        kept = jnp.zeros(vals.shape, bool).at[jnp.arange(vals.shape[0])[:, None], pos].set(True)
+        rest = jnp.logaddexp(rest, jax.nn.logsumexp(jnp.where(kept, -jnp.inf, vals), axis=1))
+        return (top_vals, jnp.take_along_axis(ids, pos, axis=1), rest), None
 
     n = x.shape[0]
     init = (jnp.full((n, top), -jnp.inf), jnp.zeros((n, top), jnp.int32), jnp.full((n,), -jnp.inf))
-    (top_vals, top_idx, total), _ = jax.lax.scan(body, init, blocks)
+    (top_vals, top_idx, rest), _ = jax.lax.scan(body, init, blocks)
     exact = _direct_rows(x, means[top_idx], logvars[top_idx]) + log_weights[top_idx]
-    # The rest's mass, from the expansion: total minus the top's share (never below zero).
-    rest_share = jnp.maximum(1.0 - jnp.sum(jnp.exp(top_vals - total[:, None]), axis=1), 0.0)
-    log_rest = jnp.where(rest_share > 0, total + jnp.log(jnp.where(rest_share > 0, rest_share, 1.0)), -jnp.inf)
-    return jax.nn.logsumexp(jnp.concatenate([exact, log_rest[:, None]], axis=1), axis=1)
+    exact = jnp.where(jnp.isfinite(top_vals), exact, -jnp.inf)  # placeholders never filled
+    return jax.nn.logsumexp(jnp.concatenate([exact, rest[:, None]], axis=1), axis=1)

@@ -83,6 +83,22 @@ def test_aggregate_posterior_log_density_matches_float64(sigma, precision):
     assert_close(got, expected, OWN)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_near_duplicate_sharp_posteriors(precision):
+    """Pairs of almost identical std-0.0025 posteriors: several components share the top, so
+    the mass outside it must not be taken by subtraction (float32 rounding of the total,
+    scaled by the expansion's errors, once outweighed the exact top by 24 nats)."""
+    rng = np.random.default_rng(4)
+    means = (3 * rng.normal(size=(64, D))).astype(np.float32)
+    means[1::2] = means[0::2] + (0.0005 * rng.normal(size=(32, D))).astype(np.float32)
+    logvars = np.full((64, D), 2 * np.log(0.0025), np.float32)
+    z = (means[0::2] + 0.0025 * rng.normal(size=(32, D))).astype(np.float32)
+    expected = float64_log_mixture(z, means, np.exp(logvars.astype(np.float64)), -math.log(64))
+    with under(precision):
+        got = analysis.log_aggregate_posterior(z, means, logvars, chunk=16, z_chunk=32, desc=False)
+    assert_close(got, expected, len(z))
+
+
 def test_the_plain_expansion_would_fail_this_check():
     """The matmul expansion alone (what log_mixture refines) is off by far more than the
     tolerance at these scales: the check above can fail."""

@@ -100,9 +100,11 @@ def test_fitting_recovers_a_known_density(name, tmp_path):
     prior = priors.build(name, (2,), config.prior, seed=0)
     logvar = jnp.full_like(train, -jnp.inf)
     (tmp_path / "priors").mkdir()
-    fit = prior_stage.fit_em if name == "gmm" else prior_stage.fit_gradient
-    prior = fit(config, workdir_lib.Workdir(str(tmp_path)), name, prior, lambda i: (train, logvar), held,
-                jax.random.key(2))
+    wd, posteriors, key = workdir_lib.Workdir(str(tmp_path)), lambda i: (train, logvar), jax.random.key(2)
+    if name == "gmm":
+        prior = prior_stage.fit_em(config, wd, name, prior, posteriors, held, key)
+    else:
+        prior = prior_stage.fit_gradient(config, wd, name, prior, posteriors, len(train), held, key)
     nll = evaluation.latent_nll(prior, held)
     normal = evaluation.latent_nll(priors.StandardNormal((2,)), held)
     cov = np.cov(np.asarray(train).T)

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import mlp_config, read_metrics
 from vae import evaluation, input_pipeline, prior_stage, stages
 from vae import workdir as workdir_lib
-from vae.errors import ConfigError
+from vae.errors import ConfigError, PriorError
 
 
 def test_binarization_once_or_per_epoch(smoke_workdir):
@@ -51,3 +51,28 @@ def test_bad_stage_two_choice_is_a_clear_error(field, value):
     config.prior[field] = value
     with pytest.raises(ConfigError, match=f"config.prior.{field}="):
         stages.check_config(config)
+
+
+def test_em_copies_of_the_means_are_refused():
+    config = mlp_config()
+    config.prior.fit_target, config.prior.em_draws_per_image = "mean", 2
+    with pytest.raises(ConfigError, match="config.prior.em_draws_per_image=2"):
+        stages.check_config(config)
+
+
+def test_stage_two_waits_for_a_finished_vae(mnist_dir, tmp_path):
+    config = mlp_config(**{"train.num_epochs": 2})
+    config.stage = "all"
+    stages.train_and_evaluate(config, str(tmp_path / "w"), max_epochs_this_run=1)
+    assert not (tmp_path / "w" / "priors").exists()  # priors of epoch 1 would be stale at epoch 2
+    stages.train_and_evaluate(config, str(tmp_path / "w"))
+    assert workdir_lib.open(tmp_path / "w").fitted_prior_names() == ["made"]
+
+
+def test_non_finite_prior_loss_is_a_prior_error(straight_run, copy_of):
+    workdir = copy_of(straight_run)
+    workdir_lib.Workdir(workdir).set_stale_prior_aside("made")
+    config = mlp_config(**{"prior.learning_rate": 1e30, "prior.grad_clip_norm": 1e30})
+    config.stage = "prior"
+    with pytest.raises(PriorError, match=r"non-finite latent_nll/made at step \d+ .* of prior made"):
+        stages.train_and_evaluate(config, str(workdir))

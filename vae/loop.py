@@ -155,6 +155,7 @@ class Task:
     checked: tuple[str, ...] = ("loss",)  # per-step metrics that must stay finite, in this order
     batch_size: int | None = None  # adds images_per_sec to the train record
     leave_bar: bool = True
+    error: type = TrainingError  # raised for a non-finite metric
 
 
 def resume(task: Task, state):
@@ -198,7 +199,7 @@ def fit(task: Task, state, *, max_epochs_this_run: int | None = None):
             seconds = time.perf_counter() - t0
             bad = step_metrics and find_non_finite(step_metrics, step, task.checked)
             if bad:
-                raise TrainingError(
+                raise task.error(
                     f"non-finite {bad[1]} at step {bad[0]} (epoch {epoch + 1}) of {task.desc}; stopped without "
                     f"saving, so the latest checkpoint (step {_latest(task)}) is the last good one")
             steps_run, step = int(state["step"]) - step, int(state["step"])

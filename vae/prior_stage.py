@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 
 import jax
@@ -55,22 +54,22 @@ def training_posteriors(config, eval_data, model):
     """index -> (mean, logvar) of q(z|x) over the training images, as `prior.binarization`
     says: 'once' (every index: the images binarized once by the run's named seed) or
     'per_epoch' (index i: binarized afresh by fold_in(that seed, i), as stage 1 trained)."""
-    mean, logvar = eval_data.posteriors(model, "train")
     if config.prior.binarization == "once" or not eval_data.binarize:
+        mean, logvar = eval_data.posteriors(model, "train")
         return lambda index: (mean, logvar)
     graphdef, params = nnx.split(model)
     images = jnp.asarray(eval_data.dataset.train.images)
-    batch = 1000
-    pad = (-len(images)) % batch
+    num, batch = len(images), 1000
+    pad = (-num) % batch
 
     @jax.jit
-    def encode_fresh(params, index):
+    def encode_fresh(params, images, index):
         x = input_pipeline.prepare_images(images, jax.random.fold_in(eval_data.key("train_latents"), index), True)
         x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(-1, batch, *x.shape[1:])
         m, lv = jax.lax.map(nnx.merge(graphdef, params).encode, x)
-        return m.reshape(-1, *m.shape[2:])[: len(images)], lv.reshape(-1, *lv.shape[2:])[: len(images)]
+        return m.reshape(-1, *m.shape[2:])[:num], lv.reshape(-1, *lv.shape[2:])[:num]
 
-    return lambda index: encode_fresh(params, index)
+    return lambda index: encode_fresh(params, images, index)
 
 
 def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
@@ -111,12 +110,12 @@ def fit_em(config, wd, name, prior, posteriors, z_val, key):
     return prior
 
 
-def fit_gradient(config, wd, name, prior, posteriors, z_val, key, *, max_epochs_this_run=None):
+def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *, max_epochs_this_run=None):
     """Adam on the mean -log p(z) in the fit loop: resumable, saved every epoch. Epoch e fits
     fresh draws from posteriors(e) (`prior.latent_draws='per_epoch'`) or, every epoch, the
     one draw of epoch 0 ('once')."""
     pc = config.prior
-    n = posteriors(0)[0].shape[0]
+    n = num_latents
     steps_per_epoch = n // pc.batch_size
     if steps_per_epoch < 1:
         raise PriorError(f"config.prior.batch_size={pc.batch_size} is larger than the training split ({n})")
@@ -145,43 +144,75 @@ def fit_gradient(config, wd, name, prior, posteriors, z_val, key, *, max_epochs_
 
     def end_epoch(state, step, epoch):
         record = log_heldout(wd, name, nnx.merge(graphdef, state["params"]), z_val, step, epoch)
+        # What readers load first: a kill between the two saves then redoes this epoch (the
+        # train state is behind) and re-saves the same prior, instead of leaving readers behind.
+        checkpoint.save(wd.prior_checkpoints(name), step, {"prior": state["params"]})
         checkpoint.save(task.checkpoint_dir, step, state)
-        checkpoint.save(wd.prior_checkpoints(name), step, {"prior": state["params"]})  # what readers load
         return {"val_nll": f"{record[metric]:.2f}", "normal": f"{record[f'latent_nll/{priors.BASELINE}']:.2f}"}
 
     task = loop.Task(desc=f"prior {name}", steps_per_epoch=steps_per_epoch, num_epochs=pc.num_epochs,
                      run_epoch=run_epoch, end_epoch=end_epoch, checkpoint_dir=wd.prior_train_state(name),
-                     workdir=wd, tags={"prior": name}, checked=(metric,))
+                     workdir=wd, tags={"prior": name}, checked=(metric,), error=PriorError)
     state, _ = loop.resume(task, optim.init_state(tx, params))
     state = loop.fit(task, state, max_epochs_this_run=max_epochs_this_run)
     return nnx.merge(graphdef, state["params"])
 
 
+FIT_CHOICES = ("fit_target", "latent_draws", "em_draws_per_image", "binarization")
+
+
+def _prepare_prior_dir(config, wd, name, latent_shape, fitted_to) -> None:
+    """Sets a stale fit aside (fitted to another VAE checkpoint), then records what this fit
+    is for. An existing fit of this checkpoint is kept with its record; a warning says if
+    this run asks for other stage-2 choices than it was fitted with."""
+    record = wd.prior_record(name)
+    stale = record is not None and wd.stale_prior_reason(name, fitted_to)
+    if stale:  # the VAE was trained further since: refit from scratch
+        log.warning("%s; refitting it (the old fit is kept in %s)", stale, wd.set_stale_prior_aside(name))
+        record = None
+    if record is None:
+        wd.save_prior_config(config, name, latent_shape, fitted_to)
+        return
+    changed = [k for k in FIT_CHOICES if record["prior"].get(k) != config.prior.get(k)]
+    if changed:
+        log.warning("prior %s in %s was fitted with %s; this run asks for %s. The existing fit is kept (and "
+                    "resumed if unfinished): set %s aside to refit it with the new choices.", name, wd.prior_dir(name),
+                    {k: record["prior"].get(k) for k in changed}, {k: config.prior.get(k) for k in changed},
+                    wd.prior_dir(name))
+
+
 def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
-    """Fits every prior named in config.prior.name to the VAE in workdir `wd`."""
+    """Fits every prior named in config.prior.name to the VAE in workdir `wd`.
+
+    Seeds: the evaluation data (binarization, held-out latents) is the run's, from the VAE's
+    config; the priors' initialization and fitting noise come from `config.seed`, so a
+    stage-2 rerun with another --config.seed gives another fit of the same latents."""
     names = prior_names(config.prior)
     vae_config = wd.load_config()
     model, step, _ = wd.restore_vae(vae_config)
     fitted_to = workdir_lib.vae_fingerprint(model, step)
     wd.log_invocation("prior")
+    for other in sorted(set(wd.fitted_prior_names()) - set(names)):
+        stale = wd.stale_prior_reason(other, fitted_to)
+        if stale:
+            log.warning("%s; it is not in config.prior.name, so sample.py and vae.load will refuse it until it "
+                        "is refitted (--config.prior.name=%s) or set aside", stale, other)
     eval_data = evaluation.EvalData(vae_config, dataset)
     posteriors = training_posteriors(config, eval_data, model)
     z_val = eval_data.heldout_latents(model)
+    fit_key = jax.random.key(config.seed + evaluation.SEEDS["prior_fit"])
     fitted = {}
     for i, name in enumerate(names):
         spec = priors.registry.get(name)
         if spec.fit == "none":
             log.info("prior %s has nothing to fit", name)
             continue
-        stale = os.path.exists(wd.prior_dir(name)) and wd.stale_prior_reason(name, fitted_to)
-        if stale:  # fitted to an earlier VAE (trained further since): refit from scratch
-            log.warning("%s; refitting it (the old fit is kept in %s)", stale, wd.set_stale_prior_aside(name))
-        wd.save_prior_config(config, name, model.latent_shape, fitted_to)
+        _prepare_prior_dir(config, wd, name, model.latent_shape, fitted_to)
         prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed)
-        key = jax.random.fold_in(eval_data.key("prior_fit"), i)
+        key = jax.random.fold_in(fit_key, i)
         if spec.fit == "em":
             fitted[name] = fit_em(config, wd, name, prior, posteriors, z_val, key)
         else:
-            fitted[name] = fit_gradient(config, wd, name, prior, posteriors, z_val, key,
+            fitted[name] = fit_gradient(config, wd, name, prior, posteriors, len(dataset.train), z_val, key,
                                         max_epochs_this_run=max_epochs_this_run)
     return fitted

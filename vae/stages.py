@@ -11,12 +11,14 @@ Stage 1 never imports stage 2; both sit on the fit loop (`vae.loop`) and the wor
 from __future__ import annotations
 
 import functools
+import logging
 
 from vae import input_pipeline, loop, models, prior_stage, sharding, vae_stage
 from vae.errors import ConfigError, Stopped, TrainingError
 from vae.workdir import Workdir
 
 STAGES = ("vae", "prior", "all")
+log = logging.getLogger(__name__)
 
 
 def check_config(config) -> None:
@@ -47,6 +49,8 @@ def check_config(config) -> None:
         ("prior.latent_draws", pc.latent_draws in ("per_epoch", "once"), "'per_epoch' or 'once'"),
         ("prior.em_draws_per_image", pc.em_draws_per_image >= 1, ">= 1"),
         ("prior.binarization", pc.binarization in ("once", "per_epoch"), "'once' or 'per_epoch'"),
+        ("prior.em_draws_per_image", pc.em_draws_per_image == 1 or pc.fit_target == "sample",
+         "1 with prior.fit_target='mean' (more draws of the means are copies of the same points)"),
     ]
     for field, ok, expected in rules:
         if not ok:
@@ -71,6 +75,11 @@ def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None 
             state = vae_stage.train_vae(config, wd, dataset, max_epochs_this_run=max_epochs_this_run)
             if signals:  # arrived after the last epoch's checkpoint
                 raise Stopped(signals[0], int(state["step"]), wd.checkpoints)
+            total = (len(dataset.train) // config.train.batch_size) * config.train.num_epochs
+            if config.stage == "all" and int(state["step"]) < total:
+                # A partly trained VAE: priors fitted now would go stale at the next epoch.
+                log.info("the VAE is at step %d of %d: stage 2 waits for it", int(state["step"]), total)
+                return
         if config.stage in ("prior", "all"):
             prior_stage.fit_priors(config, wd, dataset, max_epochs_this_run=max_epochs_this_run)
             if signals:

@@ -31,6 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 import priors
 from vae import checkpoint, models, optim
@@ -250,12 +251,20 @@ class Workdir:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_atomically(path, json.dumps(record, indent=2))
 
-    def _prior_record(self, name: str) -> dict:
+    def prior_record(self, name: str) -> dict | None:
+        """priors/<name>/config.json, or None if there is none."""
         path = os.path.join(self.prior_dir(name), "config.json")
         if not os.path.exists(path):
-            raise PriorError(f"no prior {name!r} fitted in {self.path} (missing {path})")
+            return None
         with io.open(path) as f:
             return json.load(f)
+
+    def _prior_record(self, name: str) -> dict:
+        record = self.prior_record(name)
+        if record is None:
+            raise PriorError(f"no prior {name!r} fitted in {self.path} (missing "
+                             f"{os.path.join(self.prior_dir(name), 'config.json')})")
+        return record
 
     def stale_prior_reason(self, name: str, fitted_to: dict) -> str | None:
         """Why prior `name`'s fit does not belong to the VAE `fitted_to` (None if it does)."""
@@ -271,13 +280,17 @@ class Workdir:
     def set_stale_prior_aside(self, name: str) -> str:
         """Moves a stale fit to W/stale_priors/<name>.<time>/ with its metrics records (nothing
         is deleted); returns where."""
-        aside = self.join("stale_priors", f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+        while os.path.exists(aside := self.join("stale_priors", f"{name}.{stamp}" + (f".{n}" if n else ""))):
+            n += 1
         if _is_writer():
             os.makedirs(os.path.dirname(aside), exist_ok=True)
             shutil.move(self.prior_dir(name), aside)
             records = [r for r in self.read_metrics() if r.get("prior") == name]
             write_atomically(os.path.join(aside, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
             self.rewind_metrics(-1, prior=name)
+        if jax.process_count() > 1:  # no process may see the old fit once the writer moved it
+            multihost_utils.sync_global_devices(f"set aside prior {name}")
         return aside
 
     def fitted_prior_names(self) -> list[str]:
@@ -302,8 +315,10 @@ class Workdir:
                 f"{tuple(record['latent_shape'])}, but the VAE's latent shape is {tuple(latent_shape)}")
         stale = fitted_to is not None and self.stale_prior_reason(name, fitted_to)
         if stale:
-            raise PriorError(f"{stale}. Its numbers would pair this encoder/decoder with another one's latents; "
-                             f"refit it: python train.py --config <config> --workdir {self.path} --config.stage=prior")
+            raise PriorError(
+                f"{stale}. Its numbers would pair this encoder/decoder with another one's latents. Refit it "
+                f"(python train.py --config <config> --workdir {self.path} --config.stage=prior fits the best "
+                "checkpoint), or open this checkpoint without learned priors: vae.load(W, ..., learned_priors=False)")
         prior = priors.build(name, latent_shape, ml_collections.ConfigDict(record["prior"]), seed=record["seed"])
         graphdef, state = nnx.split(prior)
         restored = checkpoint.restore(self.prior_checkpoints(name), {"prior": state}, kind="latest")

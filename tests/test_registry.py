@@ -46,8 +46,9 @@ def registered(monkeypatch):
     monkeypatch.setitem(registry._SPECS, SPEC.name, SPEC)  # noqa: SLF001 - undone after the test
 
 
-def test_a_registered_prior_is_configured_fitted_loaded_and_reported(registered, smoke_workdir, copy_of):
-    workdir = copy_of(smoke_workdir)
+def test_a_registered_prior_is_configured_fitted_loaded_and_reported(registered, smoke_workdir, smoke_report,
+                                                                    copy_of):
+    workdir = copy_of(smoke_workdir)  # after smoke_report: its cached classifier comes along
     config = mnist_config()
     assert config.prior.test_diagonal.init_log_scale == 0.0  # its config section, from the spec
     config.stage = "prior"

@@ -10,13 +10,12 @@ import pytest
 from benchmarks import readme_results
 from tests.conftest import REPO
 
-FASHION_REPORT = REPO / "runs" / "fashion_mnist" / "report" / "report.json"
-
-
-def test_readme_fashion_mnist_table_matches_its_report():
-    if not FASHION_REPORT.exists():
-        pytest.skip(f"no {FASHION_REPORT.relative_to(REPO)}: run README's main job to compare")
-    result = subprocess.run([sys.executable, "benchmarks/readme_results.py", "--report", str(FASHION_REPORT),
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "mnist"])
+def test_readme_table_matches_its_report(dataset):
+    path = REPO / "runs" / dataset / "report" / "report.json"
+    if not path.exists():
+        pytest.skip(f"no {path.relative_to(REPO)}: run README's {dataset} job to compare")
+    result = subprocess.run([sys.executable, "benchmarks/readme_results.py", "--report", str(path),
                              "--check", "README.md"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 

@@ -26,7 +26,7 @@ def test_writes_every_file(smoke_report):
         for key in ("nll_iwae", "elbo", "marginal_kl", "mutual_info", "fd_classifier", "precision", "recall",
                     "label_entropy", "class_frequencies", "prior_hole_rate", "median_log_q"):
             assert key in r and np.all(np.isfinite(r[key]))
-    table = (out / "report.md").read_text()
+    table = (out / "report.md").read_text().split("Where the")[0]  # the priors' table
     assert table.count("\n| ") == 5  # header, rule, 3 priors
     assert "nll_iwae[10] (nats)" in table
 
@@ -79,3 +79,14 @@ def test_missing_or_foreign_workdir_is_a_clear_error(smoke_workdir, tmp_path, se
     result = run_cli(["sample.py", "--workdir", str(work)])
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_report_says_where_the_time_went(smoke_report):
+    out, rep = smoke_report
+    timings = rep["timings_seconds"]
+    for stage in ("encode train/validation/test", "classifier: train or load, features of the test images",
+                  "sample and decode", "nll_iwae[10] and ELBO on the test split", "prior hole rate (log q of the samples)"):
+        assert timings[stage] > 0, stage
+    assert sum(timings.values()) <= rep["wall_seconds"]
+    assert sum(timings.values()) > 0.8 * rep["wall_seconds"]  # the stages account for the run
+    assert "Where the" in (out / "report.md").read_text()

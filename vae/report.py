@@ -12,6 +12,7 @@ report.md. Metrics per prior, on the test split unless named otherwise:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -63,44 +64,69 @@ def iwae_under_prior(vae, prior, x, key, k: int, batch: int = 100):
     return -np.concatenate([np.asarray(o[0]) for o in out]), np.concatenate([np.asarray(o[1]) for o in out])
 
 
-def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000, k: int = 10, seed: int = 0,
-            command: str | None = None) -> dict:
-    t_start = time.perf_counter()
+def _open(workdir: str):
+    """The run's workdir, config, VAE (best checkpoint), its fingerprint, every prior fitted to
+    it (stale ones are refused) and the dataset."""
     wd = workdir_lib.open(workdir)
     config = wd.load_config()
     vae, vae_step, _ = wd.restore_vae(config)
     fitted_to = workdir_lib.vae_fingerprint(vae, vae_step)
-    out_dir = out_dir or wd.join("report")
-    dataset = input_pipeline.load_dataset(config.data)
-    binarize = config.data.binarize
-
-    def key(name):
-        return jax.random.key(seed + SEEDS[name])
-
     names = wd.prior_names()
     if not wd.fitted_prior_names():
         log.warning("no learned prior fitted in %s: reporting %s only. Fit one with: python train.py "
                     "--config <config> --workdir %s --config.stage=prior --config.prior.name=gmm,pixelcnn",
                     wd.path, ", ".join(names), wd.path)
     fitted = {n: wd.load_prior(n, vae.latent_shape, fitted_to) for n in names}  # refuses stale priors
+    return wd, config, vae, fitted_to, fitted, input_pipeline.load_dataset(config.data)
+
+
+class Stopwatch:
+    """Wall seconds per stage of the report (summed over priors), in the order first seen.
+    Each timed block ends with its results on the host, so the device's work is counted."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000, k: int = 10, seed: int = 0,
+            command: str | None = None) -> dict:
+    t_start = time.perf_counter()
+    timed = Stopwatch()
+    with timed("load VAE, priors, data"):
+        wd, config, vae, fitted_to, fitted, dataset = _open(workdir)
+    out_dir = out_dir or wd.join("report")
     os.makedirs(out_dir, exist_ok=True)
+    binarize = config.data.binarize
+
+    def key(name):
+        return jax.random.key(seed + SEEDS[name])
 
     # The splits as stage 1 evaluated them (the run's evaluation data).
     eval_data = evaluation.EvalData(config, dataset)
-    x_test = eval_data.images("test")
-    test_mean, test_logvar = eval_data.posteriors(vae, "test")
-    train_mean, train_logvar = eval_data.posteriors(vae, "train")
-    val_mean, val_logvar = eval_data.posteriors(vae, "validation")
+    with timed("encode train/validation/test"):
+        x_test = eval_data.images("test")
+        test_mean, test_logvar, train_mean, train_logvar, val_mean, val_logvar = jax.block_until_ready(
+            [*eval_data.posteriors(vae, "test"), *eval_data.posteriors(vae, "train"),
+             *eval_data.posteriors(vae, "validation")])
     # The hole threshold comes from the first half of the validation posteriors; the check that
     # held-out latents fall in holes ~1% of the time uses the second half (not the same ones).
-    half = len(val_mean) // 2
-    heldout = analysis.heldout_log_q(key("hole_threshold"), val_mean[:half], val_logvar[:half],
-                                     train_mean, train_logvar)
-    threshold = float(np.percentile(heldout, 1.0))
-    heldout_z, _ = analysis.sample_aggregate_posterior(key("heldout_draws"), val_mean[half:], val_logvar[half:], 10000)
-    heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)["prior_hole_rate"]
-    clf, clf_acc = classifier.load_or_train(wd.join("classifier"), dataset, seed=seed)
-    real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
+    with timed("hole threshold and its check (log q of held-out latents)"):
+        half = len(val_mean) // 2
+        heldout = analysis.heldout_log_q(key("hole_threshold"), val_mean[:half], val_logvar[:half],
+                                         train_mean, train_logvar)
+        threshold = float(np.percentile(heldout, 1.0))
+        heldout_z, _ = analysis.sample_aggregate_posterior(key("heldout_draws"), val_mean[half:], val_logvar[half:],
+                                                           10000)
+        heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)["prior_hole_rate"]
+    with timed("classifier: train or load, features of the test images"):
+        clf, clf_acc = classifier.load_or_train(wd.join("classifier"), dataset, seed=seed)
+        real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
     data_labels = metrics.label_stats(dataset.test.labels)
 
     vg, vs = nnx.split(vae)
@@ -111,26 +137,30 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     for name, prior in fitted.items():
         log.info("prior %s", name)
         t0 = time.perf_counter()
-        z = draw_samples(prior, sample_key, n_samples)
-        images = np.asarray(_batched(lambda zb: decode(vs, zb), z, 1000))
+        with timed("sample and decode"):
+            z = draw_samples(prior, sample_key, n_samples)
+            images = np.asarray(_batched(lambda zb: decode(vs, zb), z, 1000))
         sample_seconds = time.perf_counter() - t0
-        grids[name] = images[:GRID]
-        plotting.save_grid(images[:GRID], os.path.join(out_dir, f"samples_{name}.png"), ncol=8)
-        np.savez_compressed(os.path.join(out_dir, f"samples_{name}.npz"), z=np.asarray(z),
-                            images=np.round(images * 255).astype(np.uint8))
-        feats, predicted = classifier.features_and_labels(clf, images)
-        nll, elbo = iwae_under_prior(vae, prior, x_test, key("iwae"), k)
-        r = {
-            "nll_iwae": float(nll.mean()),
-            "elbo": float(elbo.mean()),
-            **analysis.elbo_surgery(key("elbo_surgery"), test_mean, test_logvar, jax.jit(prior.log_prob),
-                                    num_samples=min(n_samples, 10000)),
-            "fd_classifier": metrics.frechet_distance(real_feats, feats),
-            **metrics.precision_recall(real_feats, feats),
-            **metrics.label_stats(predicted),
-            **analysis.prior_hole_rate(z, train_mean, train_logvar, threshold),
-            "sampling_seconds": sample_seconds,
-        }
+        with timed("write sample grids and .npz"):
+            grids[name] = images[:GRID]
+            plotting.save_grid(images[:GRID], os.path.join(out_dir, f"samples_{name}.png"), ncol=8)
+            np.savez_compressed(os.path.join(out_dir, f"samples_{name}.npz"), z=np.asarray(z),
+                                images=np.round(images * 255).astype(np.uint8))
+        with timed("classifier features of the samples"):
+            feats, predicted = classifier.features_and_labels(clf, images)
+        with timed(f"nll_iwae[{k}] and ELBO on the test split"):
+            nll, elbo = iwae_under_prior(vae, prior, x_test, key("iwae"), k)
+        r = {"nll_iwae": float(nll.mean()), "elbo": float(elbo.mean())}
+        with timed("ELBO surgery (log q over the test posteriors)"):
+            r.update(analysis.elbo_surgery(key("elbo_surgery"), test_mean, test_logvar, jax.jit(prior.log_prob),
+                                           num_samples=min(n_samples, 10000)))
+        with timed("fd_classifier, precision/recall, labels"):
+            r["fd_classifier"] = metrics.frechet_distance(real_feats, feats)
+            r.update(metrics.precision_recall(real_feats, feats))
+            r.update(metrics.label_stats(predicted))
+        with timed("prior hole rate (log q of the samples)"):
+            r.update(analysis.prior_hole_rate(z, train_mean, train_logvar, threshold))
+        r["sampling_seconds"] = sample_seconds
         if not binarize:
             r["nll_iwae_bits_per_dim"] = losses.bits_per_dim(r["nll_iwae"], num_dims)
         results[name] = r
@@ -154,6 +184,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "code": workdir_lib.code_version(),  # the code of this report, and of each training run:
         "training_runs": [{k: r[k] for k in ("stage", "code", "time")} for r in wd.invocations()],
         "wall_seconds": time.perf_counter() - t_start,
+        "timings_seconds": timed.seconds,
     }
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -189,5 +220,10 @@ def markdown_table(report: dict) -> str:
     if set(report["priors"]) <= set(priors.registry.names(fit="none")):
         lines += ["", "No learned prior is fitted in this workdir: fit one with "
                   "`python train.py --config <config> --workdir <W> --config.stage=prior --config.prior.name=gmm,pixelcnn`."]
+    if report.get("timings_seconds"):
+        lines += ["", f"Where the {report['wall_seconds']:.0f} s went (wall seconds per stage, summed over priors):", "",
+                  "| stage | seconds | share |", "| --- | --- | --- |"]
+        lines += [f"| {stage} | {sec:.1f} | {sec / report['wall_seconds']:.0%} |"
+                  for stage, sec in report["timings_seconds"].items()]
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)

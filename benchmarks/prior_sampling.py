@@ -1,8 +1,9 @@
-"""PixelCNN prior sampling: naive (whole network per element) vs fast (row-local) mode.
+"""Autoregressive prior sampling: naive (whole network per element) vs each prior's quick mode:
+the PixelCNN's 'fast' (row-local caches) and the transformer's 'cached' (a KV cache).
 
   python benchmarks/prior_sampling.py [--config configs/mnist.py] [--n 10000] [--n_naive 200]
 
-Both modes run in this one process on the default spatial latent of the config, with the
+Every mode runs in this one process on the default spatial latent of the config, with each
 prior's default size; prints samples/s of each, their ratio, and the time for n latents.
 Timings exclude compilation (each function is run once before it is timed). For scale it
 also times one forward pass (log_prob) over the same n latents: the least work any
@@ -34,30 +35,35 @@ def timed(fn, *args):
     return time.perf_counter() - t0
 
 
+MODES = {"pixelcnn": "fast", "transformer": "cached"}  # each autoregressive prior's quick sampler
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config, n, n_naive = _CONFIG.value, _N.value, _N_NAIVE.value
     shape = tuple(config.vae.latent_shape)
-    prior = priors.build("pixelcnn", shape, config.prior)
-    graphdef, state = nnx.split(prior)
-    sample = jax.jit(lambda s, k, n, mode: nnx.merge(graphdef, s).sample(k, n, mode=mode), static_argnums=(2, 3))
-    key = jax.random.key(0)
-    t_naive = timed(sample, state, key, n_naive, "naive")
-    t_fast = timed(sample, state, key, n, "fast")
-    # Reference: one forward pass (log_prob) over as many latents, the least work any
-    # autoregressive sampler of this network can do.
-    z = sample(state, key, n, "fast")
-    log_prob = jax.jit(lambda s, z: nnx.merge(graphdef, s).log_prob(z))
-    t_pass = timed(log_prob, state, z)
-    naive_rate, fast_rate = n_naive / t_naive, n / t_fast
-    pc = config.prior.pixelcnn
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} cpus, {platform.processor() or platform.machine()}")
-    print(f"latent {shape}, pixelcnn features={pc.features} layers={pc.num_layers} mixtures={pc.num_mixtures}")
-    print(f"naive: {n_naive} latents in {t_naive:.2f} s = {naive_rate:.1f} samples/s")
-    print(f"fast:  {n} latents in {t_fast:.2f} s = {fast_rate:.1f} samples/s")
-    print(f"one forward pass (log_prob) over {n} latents: {t_pass:.2f} s; fast sampling = {t_fast / t_pass:.1f} passes")
-    print(f"summary: fast/naive = {fast_rate / naive_rate:.1f}x; {n} latents in {t_fast:.2f} s (fast)")
+    for name, quick in MODES.items():
+        prior = priors.build(name, shape, config.prior)
+        graphdef, state = nnx.split(prior)
+        sample = jax.jit(lambda s, k, n, mode: nnx.merge(graphdef, s).sample(k, n, mode=mode), static_argnums=(2, 3))
+        key = jax.random.key(0)
+        t_naive = timed(sample, state, key, n_naive, "naive")
+        t_quick = timed(sample, state, key, n, quick)
+        # Reference: one forward pass (log_prob) over as many latents, the least work any
+        # autoregressive sampler of this network can do.
+        z = sample(state, key, n, quick)
+        log_prob = jax.jit(lambda s, z: nnx.merge(graphdef, s).log_prob(z))
+        t_pass = timed(log_prob, state, z)
+        naive_rate, quick_rate = n_naive / t_naive, n / t_quick
+        size = ", ".join(f"{k}={v}" for k, v in config.prior[name].items())
+        print(f"{name} on latent {shape} ({size}; {sum(x.size for x in jax.tree.leaves(state))} parameters)")
+        print(f"  naive:  {n_naive} latents in {t_naive:.2f} s = {naive_rate:.1f} samples/s")
+        print(f"  {quick + ':':7} {n} latents in {t_quick:.2f} s = {quick_rate:.1f} samples/s")
+        print(f"  one forward pass (log_prob) over {n} latents: {t_pass:.2f} s; {quick} sampling = "
+              f"{t_quick / t_pass:.1f} passes")
+        print(f"summary {name}: {quick}/naive = {quick_rate / naive_rate:.1f}x; {n} latents in {t_quick:.2f} s ({quick})")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.num_sample_images = 64
 
     config.prior = ml_collections.ConfigDict()
-    config.prior.name = "gmm,pixelcnn"  # one or several, comma separated
+    config.prior.name = "gmm,pixelcnn,transformer"  # one or several, comma separated
     config.prior.fit_target = "sample"  # 'sample': z ~ q(z|x); 'mean': the posterior means mu(x)
     # Gradient-fitted priors: 'per_epoch' fits fresh draws z ~ q(z|x) every epoch; 'once' fits
     # one fixed draw every epoch (as EM does).
@@ -64,6 +64,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.prior.warmup_steps = 200
     config.prior.grad_clip_norm = 1.0
     config.prior.steps_per_call = 8
+    # Model selection on the held-out latents: the best epoch is kept; patience > 0 stops a
+    # gradient fit after that many epochs without a new best (0: run every epoch).
+    config.prior.patience = 0
+    config.prior.ema_decay = 0.0  # > 0: evaluate and keep an EMA of the parameters
     # One section per registered prior with hyper-parameters: config.prior.<name>.
     for name in priors.registry.names():
         spec = priors.registry.get(name)

@@ -24,8 +24,9 @@ from priors.gmm import GMM  # noqa: E402
 from priors.made import MADE  # noqa: E402
 from priors.pixelcnn import PixelCNN  # noqa: E402
 from priors.standard_normal import StandardNormal  # noqa: E402
+from priors.transformer import Transformer  # noqa: E402
 
-__all__ = ["GMM", "MADE", "NAMES", "BASELINE", "PixelCNN", "Prior", "StandardNormal", "build", "registry"]
+__all__ = ["GMM", "MADE", "NAMES", "BASELINE", "PixelCNN", "Prior", "StandardNormal", "Transformer", "build", "registry"]
 NAMES = registry.names()
 BASELINE = "standard_normal"  # the prior the VAE was trained with; every report scores it beside the others
 
@@ -34,7 +35,8 @@ class Prior(Protocol):
     latent_shape: tuple[int, ...]
 
     def log_prob(self, z: jax.Array) -> jax.Array:
-        """(B, *latent_shape) -> (B,): normalized log-density in nats."""
+        """(B, *latent_shape) -> (B,): normalized log-density in nats. Priors with a `dropout`
+        option also take `dropout_key=` (stage 2 passes a fresh one per training step)."""
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """-> (n, *latent_shape)."""

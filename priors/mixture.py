@@ -3,12 +3,16 @@
 Each latent element's conditional is p(x) = sum_k pi_k Logistic(x; mu_k, s_k): a normalized
 density over the reals (not a softmax over codes). A head emits 3K numbers per element:
 K mixture logits, K means, K log-scales, in that order along the last axis.
+`ChannelHead` emits them for the channels of one position, autoregressively over channels;
+`dropout` is the regularizer the autoregressive priors' trunks share.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 MIN_LOG_SCALE = -7.0
 MAX_LOG_SCALE = 5.0  # latents live at O(1) scale; keeps an untrained head's samples finite
@@ -51,3 +55,40 @@ def sample(key, params):
     pick = lambda a: jnp.take_along_axis(a, k[..., None], axis=-1)[..., 0]
     u = jax.random.uniform(key_u, k.shape, minval=1e-5, maxval=1.0 - 1e-5)
     return pick(means) + jnp.exp(pick(log_scales)) * (jnp.log(u) - jnp.log1p(-u))
+
+
+class ChannelHead(nnx.Module):
+    """Per-position features (..., F) and the latent at those positions (..., C) -> mixture
+    parameters (..., C, 3K), channel c seeing the features and z[..., :c] only (a strictly
+    lower-triangular linear map of the channels, added to the features before the output)."""
+
+    def __init__(self, channels: int, features: int, num_mixtures: int, *, rngs: nnx.Rngs):
+        c, f = channels, features
+        self.head_in = nnx.Linear(f, f, rngs=rngs)
+        self.channel_mix = nnx.Param(jax.random.normal(rngs.params(), (c, c, f)) * 0.1)
+        self.head_out = nnx.Param(jax.random.normal(rngs.params(), (c, f, num_params(num_mixtures))) / np.sqrt(f))
+        self.head_bias = nnx.Param(initial_bias(c, num_mixtures))
+
+    def features(self, h):
+        """The position's features from a trunk's output (the part shared by every channel)."""
+        return jax.nn.gelu(self.head_in(jax.nn.gelu(h)))
+
+    def __call__(self, features, z_pos):
+        c = self.channel_mix.shape[0]
+        mask = jnp.tril(jnp.ones((c, c)), k=-1)  # mask[c, d] = 1 where d < c
+        mix = jnp.einsum("...d,cdf->...cf", z_pos, self.channel_mix[...] * mask[:, :, None])
+        u = jax.nn.gelu(features[..., None, :] + mix)
+        return jnp.einsum("...cf,cfp->...cp", u, self.head_out[...]) + self.head_bias[...]
+
+
+def dropout_keys(key, n: int) -> list:
+    """n keys for n dropout sites, or n Nones when there is no key (evaluation, sampling)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def dropout(key, x, rate: float):
+    """Inverted dropout of x when a key is given (training); the identity without one."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)

@@ -3,19 +3,20 @@
 Order: positions in raster order, channels in order within a position. The density of each
 element is a continuous mixture of logistics (`priors.mixture`).
 
-Causality without masks, by shifting (as PixelCNN++ does):
-  * the vertical stack v starts as down_shift(conv(z)), so v[i, j] sees rows < i only;
-    its later convs look at rows <= i of v, which keeps that property;
-  * the horizontal stack h starts as v's link plus right_shift(row_conv(z)), so h[i, j]
-    sees rows < i and (i, < j); its later convs are 1 x (k//2+1) on the row, left of and at j;
-  * v feeds h at the same position, so h sees no blind spot *within* v's reach. That reach
-    is bounded: each vertical layer widens it by k//2 columns to each side, and the stack does
-    not span the full width. On the default 7x7 grid (4 layers, kernel 3) positions (i, 0) never
-    see column 6 of the rows above and (i, 6) never see column 0: 12 of the 49 positions ignore
-    1-6 earlier positions (measured with the Jacobian). The density stays normalized and
-    autoregressive; those conditionals just use less context than the raster order allows.
+Causality without masks, by shifting (as PixelCNN++ does), with a full receptive field:
+  * the vertical stack v starts as down_shift(conv(z)) whose kernel spans H rows and 2W-1
+    columns, so v[i, j] sees every element of every row < i and nothing of row i; its later
+    convs (k//2+1 rows, k columns) look at rows <= i of v, which keeps that property;
+  * the horizontal stack h starts as v's link plus right_shift(row_conv(z)) with a row kernel
+    W wide, so h[i, j] sees every (i, < j); its later convs are 1 x (k//2+1) on the row, left
+    of and at j;
+  * v feeds h at the same position, so every conditional sees every earlier position at any
+    depth (tests/test_priors.py checks it with the Jacobian, element by element). The input
+    convs cost one (H x 2W-1) and one (1 x W) kernel; the layers stay small.
 Within a position, channel c's parameters add a strictly lower-triangular linear map of the
-channels < c to the position's features (`channel_head`).
+channels < c to the position's features (`mixture.ChannelHead`).
+Training-time dropout (config `dropout`) acts on each gated layer's residual branch when
+`log_prob` is given a `dropout_key`.
 
 Sampling is a `lax.fori_loop` under jit in two modes that draw identical samples for a key:
   * 'naive': the whole network on the whole canvas for every element (H*W*C passes);
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from priors import mixture
@@ -86,17 +86,18 @@ def gate(x):
 
 
 class GatedLayer(nnx.Module):
-    def __init__(self, features, kernel_size, *, rngs):
+    def __init__(self, features, kernel_size, dropout=0.0, *, rngs):
         f, k = features, kernel_size
+        self.dropout = dropout
         self.v_conv = DownConv(f, 2 * f, k // 2 + 1, k, rngs=rngs)
         self.v_to_h = nnx.Linear(2 * f, 2 * f, rngs=rngs)
         self.h_conv = RightConv(f, 2 * f, k // 2 + 1, rngs=rngs)
         self.h_out = nnx.Linear(f, f, rngs=rngs)
 
-    def vertical(self, v):
+    def vertical(self, v, key=None):
         """(v_next, link to h) on whole columns."""
         v_pre = self.v_conv(v)
-        return v + gate(v_pre), self.v_to_h(v_pre)
+        return v + mixture.dropout(key, gate(v_pre), self.dropout), self.v_to_h(v_pre)
 
     def vertical_row(self, v_rows):
         """The same for the last of kh rows of v only: (B, kh, W, F) -> two (B, 1, W, .)."""
@@ -107,63 +108,55 @@ class GatedLayer(nnx.Module):
         """h at the last of kw columns only: (B, 1, kw, F), link (B, 1, 1, 2F) -> (B, 1, 1, F)."""
         return h_cols[:, :, -1:] + self.h_out(gate(conv_as_matmul(self.h_conv.conv, h_cols) + link))
 
-    def horizontal(self, h, link):
+    def horizontal(self, h, link, key=None):
         """Row-local: needs only the rows of h and of the link it is given."""
-        return h + self.h_out(gate(self.h_conv(h) + link))
+        return h + mixture.dropout(key, self.h_out(gate(self.h_conv(h) + link)), self.dropout)
 
 
 class PixelCNN(nnx.Module):
-    def __init__(self, latent_shape, features=64, num_layers=4, kernel_size=3, num_mixtures=5, *, rngs: nnx.Rngs):
+    def __init__(self, latent_shape, features=64, num_layers=4, kernel_size=3, num_mixtures=5, dropout=0.0, *,
+                 rngs: nnx.Rngs):
         if len(latent_shape) != 3:
             raise ValueError(f"PixelCNN models spatial latents (h, w, c); got {tuple(latent_shape)}: use 'made'")
+        if num_layers < 1 or kernel_size < 1:
+            raise ValueError(f"PixelCNN needs num_layers >= 1 and kernel_size >= 1; got {num_layers}, {kernel_size}")
         self.latent_shape = tuple(latent_shape)
         self.num_mixtures = num_mixtures
-        c, f, k = latent_shape[-1], features, kernel_size
-        self.v_in = DownConv(c, f, k // 2 + 1, k, rngs=rngs)
+        hgt, wid, c = latent_shape
+        f, k = features, kernel_size
+        self.v_in = DownConv(c, f, hgt, 2 * wid - 1, rngs=rngs)  # every row above, every column
         self.v_in_to_h = nnx.Linear(f, f, rngs=rngs)
-        self.h_in = RightConv(c, f, k // 2 + 1, rngs=rngs)
-        self.layers = nnx.List([GatedLayer(f, k, rngs=rngs) for _ in range(num_layers)])
-        # Channel head: element (p, c) sees features[p] and z[p, :c] (strictly lower mask).
-        p = mixture.num_params(num_mixtures)
-        self.head_in = nnx.Linear(f, f, rngs=rngs)
-        self.channel_mix = nnx.Param(jax.random.normal(rngs.params(), (c, c, f)) * 0.1)
-        self.head_out = nnx.Param(jax.random.normal(rngs.params(), (c, f, p)) / np.sqrt(f))
-        self.head_bias = nnx.Param(mixture.initial_bias(c, num_mixtures))
+        self.h_in = RightConv(c, f, wid, rngs=rngs)  # every column to the left
+        self.layers = nnx.List([GatedLayer(f, k, dropout, rngs=rngs) for _ in range(num_layers)])
+        self.head = mixture.ChannelHead(c, f, num_mixtures, rngs=rngs)
 
     # ------------------------------------------------------------------ network pieces
 
-    def vertical(self, z):
+    def vertical(self, z, key=None):
         """Everything the vertical stack gives h: a list of links, one per h-layer (+ input)."""
         v = down_shift(self.v_in(z))  # rows < i
         links = [self.v_in_to_h(v)]
-        for layer in self.layers:
-            v, link = layer.vertical(v)
+        for layer, k in zip(self.layers, mixture.dropout_keys(key, len(self.layers))):
+            v, link = layer.vertical(v, k)
             links.append(link)
         return links
 
-    def horizontal(self, z_rows, links_rows):
+    def horizontal(self, z_rows, links_rows, key=None):
         """Features per position for the given rows of z and of the vertical links."""
         h = links_rows[0] + right_shift(self.h_in(z_rows))
-        for layer, link in zip(self.layers, links_rows[1:]):
-            h = layer.horizontal(h, link)
-        return jax.nn.gelu(self.head_in(jax.nn.gelu(h)))
+        for layer, link, k in zip(self.layers, links_rows[1:], mixture.dropout_keys(key, len(self.layers))):
+            h = layer.horizontal(h, link, k)
+        return self.head.features(h)
 
-    def channel_head(self, features, z_pos):
-        """features (..., F), z at the same positions (..., C) -> mixture params (..., C, 3K)."""
-        c = self.latent_shape[-1]
-        mask = jnp.tril(jnp.ones((c, c)), k=-1)  # mask[c, d] = 1 where d < c
-        mix = jnp.einsum("...d,cdf->...cf", z_pos, self.channel_mix[...] * mask[:, :, None])
-        u = jax.nn.gelu(features[..., None, :] + mix)
-        return jnp.einsum("...cf,cfp->...cp", u, self.head_out[...]) + self.head_bias[...]
-
-    def params(self, z):
-        """z (B, H, W, C) -> (B, H, W, C, 3K)."""
-        return self.channel_head(self.horizontal(z, self.vertical(z)), z)
+    def params(self, z, dropout_key=None):
+        """z (B, H, W, C) -> (B, H, W, C, 3K); dropout in the layers when given a key."""
+        kv, kh = mixture.dropout_keys(dropout_key, 2)
+        return self.head(self.horizontal(z, self.vertical(z, kv), kh), z)
 
     # ------------------------------------------------------------------ the Prior interface
 
-    def log_prob(self, z):
-        return jnp.sum(mixture.log_prob(self.params(z), z).reshape(z.shape[0], -1), axis=-1)
+    def log_prob(self, z, dropout_key=None):
+        return jnp.sum(mixture.log_prob(self.params(z, dropout_key), z).reshape(z.shape[0], -1), axis=-1)
 
     def sample(self, key, n: int, mode: str = "fast"):
         if mode == "naive":
@@ -189,40 +182,40 @@ class PixelCNN(nnx.Module):
     def _sample_fast(self, key, n):
         """Row by row, carrying for every layer only the window its causal kernel needs:
         the last kh-1 rows of each vertical layer's input, and within a row the last kw-1
-        columns of each horizontal layer's input. Each layer then computes one new row (or
-        one new position) per step: the same numbers as `params`, on much less data."""
+        columns of each horizontal layer's input. The input convs read z itself: the H rows
+        above row i, and the W columns left of (i, j). Each layer then computes one new row
+        (or one new position) per step: the same numbers as `params`, on much less data."""
         hgt, wid, ch = self.latent_shape
         f = self.v_in.conv.out_features
-        kh, kw = self.v_in.kh, self.h_in.kw
+        kh, kw = self.layers[0].v_conv.kh, self.layers[0].h_conv.kw  # the layers' windows
         num_layers = len(self.layers)
 
         def row(i, carry):
             z, v_prev = carry  # v_prev[l]: rows i-kh+1 .. i-1 of layer l's input (B, kh-1, W, F)
-            zp = jnp.pad(z, ((0, 0), (kh, 0), (0, 0), (0, 0)))
-            v0 = self.v_in.last_row(jax.lax.dynamic_slice_in_dim(zp, i, kh, axis=1))  # z rows i-kh .. i-1
-            v = jnp.where(i == 0, 0.0, v0)  # down_shift: row 0 of v_0 sees nothing
+            zp = jnp.pad(z, ((0, 0), (hgt, 0), (0, 0), (0, 0)))
+            v = self.v_in.last_row(jax.lax.dynamic_slice_in_dim(zp, i, hgt, axis=1))  # z rows i-H .. i-1
+            v = jnp.where(i == 0, 0.0, v)  # down_shift: row 0 of v_0 sees nothing
             links, v_next = [self.v_in_to_h(v)], []
             for l, layer in enumerate(self.layers):
                 rows = jnp.concatenate([v_prev[l], v], axis=1)  # rows i-kh+1 .. i
                 v_next.append(rows[:, 1:])
                 v, link = layer.vertical_row(rows)
                 links.append(link)
-            z_row = jnp.pad(jax.lax.dynamic_slice_in_dim(z, i, 1, axis=1), ((0, 0), (0, 0), (kw, 0), (0, 0)))
 
             def position(j, carry):
                 z, h_prev = carry  # h_prev[l]: columns j-kw+1 .. j-1 of layer l's input
-                zr = jax.lax.dynamic_update_slice_in_dim(z_row, jax.lax.dynamic_slice_in_dim(z, i, 1, axis=1), kw, axis=2)
-                h_in = conv_as_matmul(self.h_in.conv, jax.lax.dynamic_slice_in_dim(zr, j, kw, axis=2))  # z cols j-kw .. j-1
+                z_row = jnp.pad(jax.lax.dynamic_slice_in_dim(z, i, 1, axis=1), ((0, 0), (0, 0), (wid, 0), (0, 0)))
+                h_in = conv_as_matmul(self.h_in.conv, jax.lax.dynamic_slice_in_dim(z_row, j, wid, axis=2))  # z cols j-W .. j-1
                 h = jax.lax.dynamic_slice_in_dim(links[0], j, 1, axis=2) + jnp.where(j == 0, 0.0, h_in)
                 h_next = []
                 for l, layer in enumerate(self.layers):
                     cols = jnp.concatenate([h_prev[l], h], axis=2)
                     h_next.append(cols[:, :, 1:])
                     h = layer.horizontal_position(cols, jax.lax.dynamic_slice_in_dim(links[l + 1], j, 1, axis=2))
-                feat = jax.nn.gelu(self.head_in(jax.nn.gelu(h)))[:, 0, 0]
+                feat = self.head.features(h)[:, 0, 0]
 
                 def channel(c, z):
-                    p = self.channel_head(feat, z[:, i, j])[:, c]
+                    p = self.head(feat, z[:, i, j])[:, c]
                     return z.at[:, i, j, c].set(self._draw(key, (i * wid + j) * ch + c, p))
 
                 return jax.lax.fori_loop(0, ch, channel, z), h_next
@@ -240,8 +233,8 @@ register(Spec(
     name="pixelcnn",
     fit="gradient",
     build=lambda latent_shape, c, rngs: PixelCNN(latent_shape, c.features, c.num_layers, c.kernel_size,
-                                                 c.num_mixtures, rngs=rngs),
-    config=dict(features=64, num_layers=4, kernel_size=3, num_mixtures=5),
+                                                 c.num_mixtures, c.dropout, rngs=rngs),
+    config=dict(features=64, num_layers=4, kernel_size=3, num_mixtures=5, dropout=0.0),
     smoke=dict(features=16, num_layers=2, num_mixtures=3),
     doc="gated PixelCNN over spatial latents",
 ))

@@ -91,7 +91,7 @@ def test_command_on_a_spatial_latent_skips_2d_plots_with_a_log_line(smoke_workdi
     assert on_disk["statistics"]["num_dims"] == 98
     normal = on_disk["elbo_surgery_test"]["standard_normal"]
     assert normal["average_kl"] == pytest.approx(normal["mutual_info"] + normal["marginal_kl"])
-    assert set(on_disk["elbo_surgery_test"]) == {"standard_normal", "gmm", "pixelcnn"}
+    assert set(on_disk["elbo_surgery_test"]) == {"standard_normal", "gmm", "pixelcnn", "transformer"}
 
 
 def test_command_on_a_2d_latent_draws_the_maps(tmp_path, mnist_dir):

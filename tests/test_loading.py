@@ -15,7 +15,7 @@ NOTEBOOK = REPO / "notebooks" / "inspect_checkpoint.ipynb"
 
 def test_load_reproduces_training_time_evaluation(smoke_workdir):
     run = vae.load(str(smoke_workdir), kind="latest")
-    assert list(run.priors) == ["standard_normal", "gmm", "pixelcnn"]
+    assert list(run.priors) == ["standard_normal", "gmm", "pixelcnn", "transformer"]
     logged = [m for m in read_metrics(smoke_workdir) if m["split"] == "test" and "elbo" in m][-1]
     assert run.step == logged["step"]
     again = run.evaluate("test")

@@ -61,18 +61,18 @@ def test_a_registered_prior_is_configured_fitted_loaded_and_reported(registered,
     assert held_out[-1]["latent_nll/test_diagonal"] < held_out[-1]["latent_nll/standard_normal"] - 1.0
 
     run = vae.load(str(workdir))
-    assert list(run.priors) == ["standard_normal", "gmm", "pixelcnn", "test_diagonal"]
+    assert list(run.priors) == ["standard_normal", "gmm", "pixelcnn", "test_diagonal", "transformer"]
     z, images = run.sample(jax.random.key(0), 4, prior="test_diagonal")
     assert z.shape == (4, *run.latent_shape) and images.shape == (4, 28, 28, 1)
 
     result = report.compare(str(workdir), n_samples=100, k=2)
-    assert list(result["priors"]) == ["standard_normal", "gmm", "pixelcnn", "test_diagonal"]
+    assert list(result["priors"]) == ["standard_normal", "gmm", "pixelcnn", "test_diagonal", "transformer"]
     assert result["priors"]["test_diagonal"]["nll_iwae"] < result["priors"]["standard_normal"]["nll_iwae"]
 
 
 def test_registry_lists_every_prior_by_fit_kind():
     assert registry.names(fit="none") == ("standard_normal",)
-    assert set(registry.names(fit="gradient")) >= {"made", "pixelcnn"}
+    assert set(registry.names(fit="gradient")) >= {"made", "pixelcnn", "transformer"}
     assert registry.names(fit="em") == ("gmm",)
     assert set(priors.NAMES) == set(registry.names())
     with pytest.raises(ValueError, match="needs em="):

@@ -11,7 +11,7 @@ from tests.conftest import read_metrics, run_cli
 
 def test_writes_every_file(smoke_report):
     out, rep = smoke_report
-    names = ["standard_normal", "gmm", "pixelcnn"]
+    names = ["standard_normal", "gmm", "pixelcnn", "transformer"]
     assert list(rep["priors"]) == names
     for name in names:
         img = plt.imread(out / f"samples_{name}.png")
@@ -27,7 +27,7 @@ def test_writes_every_file(smoke_report):
                     "label_entropy", "class_frequencies", "prior_hole_rate", "median_log_q"):
             assert key in r and np.all(np.isfinite(r[key]))
     table = (out / "report.md").read_text().split("Where the")[0]  # the priors' table
-    assert table.count("\n| ") == 5  # header, rule, 3 priors
+    assert table.count("\n| ") == 6  # header, rule, 4 priors
     assert "nll_iwae[10] (nats)" in table
 
 
@@ -45,7 +45,7 @@ def test_standard_normal_numbers_match_stage_one(smoke_report, smoke_workdir):
 def test_learned_priors_improve_the_bound(smoke_report):
     _, rep = smoke_report
     normal = rep["priors"]["standard_normal"]
-    for name in ("gmm", "pixelcnn"):
+    for name in ("gmm", "pixelcnn", "transformer"):
         learned = rep["priors"][name]
         assert np.isfinite(learned["nll_iwae"]) and learned["nll_iwae"] < normal["nll_iwae"]
         assert learned["marginal_kl"] < normal["marginal_kl"]

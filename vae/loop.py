@@ -142,6 +142,9 @@ class Task:
         or None): epoch `epoch` from its step `start`, between chunks honouring should_stop().
     end_epoch(state, step, epoch) -> progress-bar postfix: evaluate, log, save (after the
         loop has appended the epoch's "train" record).
+    converged() -> a reason to stop before the next epoch (early stopping), or None. Asked
+        before every epoch, a resumed run's first included, so a fit that stopped early stays
+        stopped when it is run again.
     """
 
     desc: str
@@ -149,6 +152,7 @@ class Task:
     num_epochs: int
     run_epoch: Callable
     end_epoch: Callable | None = None
+    converged: Callable | None = None
     checkpoint_dir: str | None = None  # resumable train state; mid-epoch stops save here
     workdir: object | None = None  # a vae.workdir.Workdir for the "train" records
     tags: dict = dataclasses.field(default_factory=dict)  # on every record, e.g. {"prior": name}
@@ -192,6 +196,10 @@ def fit(task: Task, state, *, max_epochs_this_run: int | None = None):
     step = start_step
     with stop_on_signals() as signals:
         for epoch in range(first_epoch, last_epoch):
+            reason = task.converged() if task.converged else None
+            if reason:
+                log.info("%s: stopped early before epoch %d: %s", task.desc, epoch + 1, reason)
+                break
             t0 = time.perf_counter()
             state, step_metrics = task.run_epoch(state, epoch, step - epoch * task.steps_per_epoch,
                                                  lambda: bool(signals))

@@ -3,7 +3,8 @@
 For each name in `config.prior.name` (comma separated) this writes `W/priors/<name>/`
 (config.json, checkpoints/) and appends to `W/metrics.jsonl` the held-out latent NLL of the
 prior and of N(0, I) on the same validation latents, per example and per latent dimension:
-`latent_nll/<name>`, `latent_nll/standard_normal`, `latent_nll_per_dim/...` (nats).
+`latent_nll/<name>`, `latent_nll/standard_normal`, `latent_nll_per_dim/...` (nats), and
+after each fit a `"split": "fit"` record with its wall time (`fit_seconds`, this invocation).
 
 How a prior is fitted is its registry entry's business (`priors.registry`): 'gradient'
 priors by Adam in the fit loop, on fresh draws z ~ q(z|x) every epoch (or the posterior
@@ -110,10 +111,26 @@ def fit_em(config, wd, name, prior, posteriors, z_val, key):
     return prior
 
 
+def best_epochs(wd, name: str) -> tuple[int | None, float, int]:
+    """(best epoch, its held-out latent NLL, last epoch) of prior `name`'s fit so far, from
+    metrics.jsonl (None, inf, 0 before the first epoch)."""
+    held = _heldout_records(wd, name)
+    if not held:
+        return None, math.inf, 0
+    best = min(held, key=lambda r: r[f"latent_nll/{name}"])
+    return best["epoch"], best[f"latent_nll/{name}"], max(r["epoch"] for r in held)
+
+
 def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *, max_epochs_this_run=None):
-    """Adam on the mean -log p(z) in the fit loop: resumable, saved every epoch. Epoch e fits
-    fresh draws from posteriors(e) (`prior.latent_draws='per_epoch'`) or, every epoch, the
-    one draw of epoch 0 ('once')."""
+    """Adam on the mean -log p(z) in the fit loop: resumable, evaluated every epoch. Epoch e
+    fits fresh draws from posteriors(e) (`prior.latent_draws='per_epoch'`) or, every epoch, the
+    one draw of epoch 0 ('once').
+
+    Model selection on the held-out latents: W/priors/<name>/checkpoints keeps the epoch with
+    the lowest held-out NLL (what readers load); `prior.patience` > 0 stops the fit after that
+    many epochs without a new best. `prior.ema_decay` > 0 evaluates and keeps an exponential
+    moving average of the parameters instead of the parameters; a prior section with
+    `dropout` > 0 gets a fresh dropout key every step."""
     pc = config.prior
     n = num_latents
     steps_per_epoch = n // pc.batch_size
@@ -122,10 +139,23 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
     graphdef, params = nnx.split(prior)
     tx = optim.make_optimizer(pc, steps_per_epoch * pc.num_epochs)
     metric = f"latent_nll/{name}"
+    dropout = float(pc[name].get("dropout", 0.0)) if name in pc else 0.0
+    dropout_key = jax.random.fold_in(key, 2)
 
     def train_step(state, z_batch):
-        loss, grads = jax.value_and_grad(lambda p: -jnp.mean(nnx.merge(graphdef, p).log_prob(z_batch)))(state["params"])
-        return optim.apply_gradients(tx, state, grads), {metric: loss}
+        def loss_fn(p):
+            model = nnx.merge(graphdef, p)
+            if dropout > 0:
+                return -jnp.mean(model.log_prob(z_batch, dropout_key=jax.random.fold_in(dropout_key, state["step"])))
+            return -jnp.mean(model.log_prob(z_batch))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        new = optim.apply_gradients(tx, state, grads)
+        if pc.ema_decay > 0:  # the average warms up: decay min(ema_decay, (1 + t) / (10 + t))
+            t = state["step"].astype(jnp.float32)
+            d = jnp.minimum(pc.ema_decay, (1.0 + t) / (10.0 + t))
+            new["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], new["params"])
+        return new, {metric: loss}
 
     @jax.jit
     def epoch_data(epoch, draw_epoch, mean, logvar):
@@ -143,22 +173,38 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
         return loop.run_chunks(lambda st, b: train_chunk(st, z, b), state, chunks, should_stop=should_stop)
 
     def end_epoch(state, step, epoch):
-        record = log_heldout(wd, name, nnx.merge(graphdef, state["params"]), z_val, step, epoch)
-        # What readers load first: a kill between the two saves then redoes this epoch (the
-        # train state is behind) and re-saves the same prior, instead of leaving readers behind.
-        checkpoint.save(wd.prior_checkpoints(name), step, {"prior": state["params"]})
+        evaluated = state["ema"] if pc.ema_decay > 0 else state["params"]
+        _, best_nll, _ = best_epochs(wd, name)
+        record = log_heldout(wd, name, nnx.merge(graphdef, evaluated), z_val, step, epoch)
+        # The prior readers load, saved first: a kill between the two saves then redoes this
+        # epoch (the train state is behind) and re-saves the same prior.
+        if record[metric] < best_nll:
+            checkpoint.save(wd.prior_checkpoints(name), step, {"prior": evaluated})
         checkpoint.save(task.checkpoint_dir, step, state)
-        return {"val_nll": f"{record[metric]:.2f}", "normal": f"{record[f'latent_nll/{priors.BASELINE}']:.2f}"}
+        best_epoch, best_nll, _ = best_epochs(wd, name)
+        return {"val_nll": f"{record[metric]:.2f}", "best": f"{best_nll:.2f}@{best_epoch}",
+                "normal": f"{record[f'latent_nll/{priors.BASELINE}']:.2f}"}
+
+    def converged():
+        best_epoch, best_nll, last_epoch = best_epochs(wd, name)
+        if pc.patience > 0 and best_epoch is not None and last_epoch - best_epoch >= pc.patience:
+            return (f"held-out NLL {best_nll:.3f} at epoch {best_epoch} not improved on in {pc.patience} epochs "
+                    f"(prior.patience); {wd.prior_checkpoints(name)} holds epoch {best_epoch}")
+        return None
 
     task = loop.Task(desc=f"prior {name}", steps_per_epoch=steps_per_epoch, num_epochs=pc.num_epochs,
-                     run_epoch=run_epoch, end_epoch=end_epoch, checkpoint_dir=wd.prior_train_state(name),
-                     workdir=wd, tags={"prior": name}, checked=(metric,), error=PriorError)
-    state, _ = loop.resume(task, optim.init_state(tx, params))
+                     run_epoch=run_epoch, end_epoch=end_epoch, converged=converged,
+                     checkpoint_dir=wd.prior_train_state(name), workdir=wd, tags={"prior": name}, checked=(metric,),
+                     error=PriorError)
+    init = optim.init_state(tx, params)
+    if pc.ema_decay > 0:
+        init["ema"] = jax.tree.map(jnp.copy, params)  # its own buffers: the state is donated
+    state, _ = loop.resume(task, init)
     state = loop.fit(task, state, max_epochs_this_run=max_epochs_this_run)
-    return nnx.merge(graphdef, state["params"])
+    return nnx.merge(graphdef, checkpoint.restore(wd.prior_checkpoints(name), {"prior": params})["prior"])
 
 
-FIT_CHOICES = ("fit_target", "latent_draws", "em_draws_per_image", "binarization")
+FIT_CHOICES = ("fit_target", "latent_draws", "em_draws_per_image", "binarization", "ema_decay", "patience")
 
 
 def _prepare_prior_dir(config, wd, name, latent_shape, fitted_to) -> None:
@@ -210,9 +256,18 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
         _prepare_prior_dir(config, wd, name, model.latent_shape, fitted_to)
         prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed)
         key = jax.random.fold_in(fit_key, i)
+        before, t0 = _heldout_records(wd, name), time.perf_counter()
         if spec.fit == "em":
             fitted[name] = fit_em(config, wd, name, prior, posteriors, z_val, key)
         else:
             fitted[name] = fit_gradient(config, wd, name, prior, posteriors, len(dataset.train), z_val, key,
                                         max_epochs_this_run=max_epochs_this_run)
+        after = _heldout_records(wd, name)
+        if len(after) > len(before):  # work was done (not a finished fit restored): how long it took
+            wd.append_metrics({"step": after[-1]["step"], "epoch": after[-1]["epoch"], "split": "fit", "prior": name,
+                               "fit_seconds": time.perf_counter() - t0, "epochs_run": len(after) - len(before)})
     return fitted
+
+
+def _heldout_records(wd, name: str) -> list[dict]:
+    return [r for r in wd.read_metrics() if r.get("prior") == name and r.get("split") == "validation"]

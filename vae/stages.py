@@ -45,6 +45,8 @@ def check_config(config) -> None:
         ("prior.batch_size", pc.batch_size >= 1, ">= 1"),
         ("prior.learning_rate", pc.learning_rate > 0, "> 0"),
         ("prior.steps_per_call", pc.steps_per_call >= 0, ">= 0"),
+        ("prior.patience", pc.get("patience", 0) >= 0, ">= 0 (0: no early stopping)"),
+        ("prior.ema_decay", 0 <= pc.get("ema_decay", 0.0) < 1, "in [0, 1) (0: no EMA)"),
         ("prior.fit_target", pc.fit_target in ("sample", "mean"), "'sample' or 'mean'"),
         ("prior.latent_draws", pc.latent_draws in ("per_epoch", "once"), "'per_epoch' or 'once'"),
         ("prior.em_draws_per_image", pc.em_draws_per_image >= 1, ">= 1"),

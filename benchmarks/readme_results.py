@@ -38,13 +38,15 @@ def block(rep: dict) -> str:
     lines = [
         f"<!-- results:{rep['dataset']} -->",
         f"Measured at commit {commit}{dirty} (report.json `code`; trained at {', '.join(runs) or 'unknown'}): "
-        f"`{rep['command']}`, {rep['n_samples']} samples per prior, wall {rep['wall_seconds'] / 60:.1f} min.",
+        f"`{rep['command']}`, {rep['n_samples']} samples per prior"
+        + (f", mean ± sd over sample seeds {rep['seeds']}" if len(rep.get("seeds", [0])) > 1 else "")
+        + f", wall {rep['wall_seconds'] / 60:.1f} min.",
         "",
         "| " + " | ".join(head) + " |",
         "| --- |" + " --- |" * (len(head) - 1),
     ]
     for name, r in rep["priors"].items():
-        cells = [f"{r[k]:.4g}" for k, _ in cols]
+        cells = [report.cell(r, k) for k, _ in cols]
         if bits:
             cells.insert(1, f"{r['nll_iwae_bits_per_dim']:.4f}")
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")

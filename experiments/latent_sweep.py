@@ -47,7 +47,7 @@ def run_one(d: int, workdir: str) -> dict:
     shared = os.path.join(_ROOT.value, "classifier")  # train the classifier once, reuse it for every d
     if os.path.isdir(shared) and not os.path.isdir(os.path.join(workdir, "classifier")):
         shutil.copytree(shared, os.path.join(workdir, "classifier"))
-    rep = report.compare(workdir, n_samples=_N_SAMPLES.value, k=10, seed=0, command="experiments/latent_sweep.py")
+    rep = report.compare(workdir, n_samples=_N_SAMPLES.value, k=10, seeds=(0,), command="experiments/latent_sweep.py")
     if not os.path.isdir(shared):
         shutil.copytree(os.path.join(workdir, "classifier"), shared)
     stats, normal, gmm = diag["statistics"], rep["priors"]["standard_normal"], rep["priors"]["gmm"]

@@ -24,10 +24,11 @@ def test_writes_every_file(smoke_report):
     assert 0.5 < on_disk["classifier"]["test_accuracy"] <= 1.0
     for r in on_disk["priors"].values():
         for key in ("nll_iwae", "elbo", "marginal_kl", "mutual_info", "fd_classifier", "precision", "recall",
-                    "label_entropy", "class_frequencies", "prior_hole_rate", "median_log_q"):
+                    "label_entropy", "class_frequencies", "prior_hole_rate", "median_log_q", "latent_nll"):
             assert key in r and np.all(np.isfinite(r[key]))
     table = (out / "report.md").read_text().split("Where the")[0]  # the priors' table
     assert table.count("\n| ") == 6  # header, rule, 4 priors
+    assert on_disk["n_compared"] == N  # FD and precision/recall: N generated vs N real test images
     assert "nll_iwae[10] (nats)" in table
 
 
@@ -90,3 +91,20 @@ def test_report_says_where_the_time_went(smoke_report):
     assert sum(timings.values()) <= rep["wall_seconds"]
     assert sum(timings.values()) > 0.8 * rep["wall_seconds"]  # the stages account for the run
     assert "Where the" in (out / "report.md").read_text()
+
+
+def test_several_sample_seeds_give_mean_and_sd(smoke_workdir, tmp_path):
+    from vae import report
+
+    rep = report.compare(str(smoke_workdir), str(tmp_path), n_samples=300, k=2, seeds=(3, 4), command="test")
+    assert rep["seeds"] == [3, 4] and rep["n_compared"] == 300
+    for name, r in rep["priors"].items():
+        assert len(r["per_seed"]) == 2
+        for key in ("fd_classifier", "recall", "latent_nll", "nll_iwae"):
+            values = [s[key] for s in r["per_seed"]]
+            assert r[key] == pytest.approx(np.mean(values)) and r["sd"][key] == pytest.approx(np.std(values, ddof=1))
+        assert r["sd"]["fd_classifier"] > 0, name  # other seeds, other samples
+    table = (tmp_path / "report.md").read_text()
+    assert "mean ± sd over sample seeds [3, 4]" in table and " ± " in table.split("| transformer |")[1]
+    with pytest.raises(ValueError, match="distinct integers"):
+        report.compare(str(smoke_workdir), str(tmp_path), n_samples=10, seeds=(1, 1))

@@ -1,11 +1,14 @@
 """The comparison report: N(0, I) against every learned prior fitted in a workdir.
 
-`compare(workdir)` draws n samples from each prior (the same key for each), decodes them
-and writes into `W/report/`: samples_<prior>.png/.npz, comparison.png, report.json and
-report.md. Metrics per prior, on the test split unless named otherwise:
+`compare(workdir, seeds=(0, 1, 2))` draws n samples from each prior (the same key for each)
+per sample seed, decodes them and writes into `W/report/`: samples_<prior>.png/.npz,
+comparison.png, report.json and report.md. Metrics per prior, on the test split unless named
+otherwise, each the mean over seeds with its sd beside it (report.json: `sd`, `per_seed`):
   nll_iwae / elbo        -log p(x) (k importance samples) and the ELBO, under that prior
+  latent_nll             -log p(z), one z ~ q(z|x) per test image (the prior's own held-out fit)
   average_kl, mutual_info, marginal_kl   ELBO surgery on the test posteriors (vae.analysis)
-  fd_classifier, precision, recall        in the features of our classifier (vae.metrics)
+  fd_classifier, precision, recall        in the features of our classifier (vae.metrics), on
+                                          equal-size sets: n_compared generated and real images
   label_entropy, class_frequencies        of the classifier's predictions on the samples
   prior_hole_rate                          vs the mixture of the training posteriors
 """
@@ -32,7 +35,7 @@ from vae import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 GRID = 64  # images per samples_<prior>.png
-# Keys of the report, each `key(seed + offset)` for the --seed of sample.py.
+# Keys of the report: for each sample seed s (sample.py --seeds), fold_in(key(s), offset).
 SEEDS = {"samples": 0, "iwae": 1, "elbo_surgery": 2, "hole_threshold": 3, "heldout_draws": 4}
 
 
@@ -94,8 +97,26 @@ class Stopwatch:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000, k: int = 10, seed: int = 0,
+def summarize(per_seed: list[dict]) -> dict:
+    """One prior's metrics over sample seeds: each number's mean (lists: elementwise), with
+    `sd` (sample standard deviation, ddof=1; 0 for one seed) and the `per_seed` values."""
+    out = {k: (np.mean([r[k] for r in per_seed], axis=0).tolist() if isinstance(v, list)
+               else float(np.mean([r[k] for r in per_seed])))
+           for k, v in per_seed[0].items()}
+    scalars = [k for k, v in per_seed[0].items() if not isinstance(v, list)]
+    out["sd"] = {k: float(np.std([r[k] for r in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in scalars}
+    out["per_seed"] = [{k: r[k] for k in scalars} for r in per_seed]
+    return out
+
+
+def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000, k: int = 10, seeds=(0,),
             command: str | None = None) -> dict:
+    """The report over sample seeds `seeds`: each seed draws its own latents, importance
+    samples and held-out draws (key(seed) folded with the stage's offset in SEEDS); every
+    metric is reported as the mean and sd over seeds. Grids and .npz hold the first seed's."""
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct integers, got {seeds}")
     t_start = time.perf_counter()
     timed = Stopwatch()
     with timed("load VAE, priors, data"):
@@ -104,8 +125,8 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     os.makedirs(out_dir, exist_ok=True)
     binarize = config.data.binarize
 
-    def key(name):
-        return jax.random.key(seed + SEEDS[name])
+    def key(name, seed=seeds[0]):
+        return jax.random.fold_in(jax.random.key(seed), SEEDS[name])
 
     # The splits as stage 1 evaluated them (the run's evaluation data).
     eval_data = evaluation.EvalData(config, dataset)
@@ -125,53 +146,70 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
                                                            10000)
         heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)["prior_hole_rate"]
     with timed("classifier: train or load, features of the test images"):
-        clf, clf_acc = classifier.load_or_train(wd.join("classifier"), dataset, seed=seed)
+        clf, clf_acc = classifier.load_or_train(wd.join("classifier"), dataset, seed=seeds[0])
         real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
     data_labels = metrics.label_stats(dataset.test.labels)
+    # Precision/recall and FD compare equal-size sets: as many generated images as real ones.
+    n_compared = min(len(real_feats), n_samples)
+    real_feats = real_feats[np.random.default_rng(0).permutation(len(real_feats))[:n_compared]]
 
     vg, vs = nnx.split(vae)
     decode = jax.jit(lambda s, z: losses.decoder_mean(vae.likelihood, nnx.merge(vg, s).decode(z)))
-    sample_key = key("samples")  # the same latent seed for every prior
     num_dims = math.prod(x_test.shape[1:])
-    results, grids = {}, {}
-    for name, prior in fitted.items():
-        log.info("prior %s", name)
+
+    def score(prior, seed):
+        """(metrics, latents, images) of one prior under one sample seed."""
         t0 = time.perf_counter()
         with timed("sample and decode"):
-            z = draw_samples(prior, sample_key, n_samples)
+            z = draw_samples(prior, key("samples", seed), n_samples)  # the same latent seed for every prior
             images = np.asarray(_batched(lambda zb: decode(vs, zb), z, 1000))
         sample_seconds = time.perf_counter() - t0
-        with timed("write sample grids and .npz"):
-            grids[name] = images[:GRID]
-            plotting.save_grid(images[:GRID], os.path.join(out_dir, f"samples_{name}.png"), ncol=8)
-            np.savez_compressed(os.path.join(out_dir, f"samples_{name}.npz"), z=np.asarray(z),
-                                images=np.round(images * 255).astype(np.uint8))
         with timed("classifier features of the samples"):
             feats, predicted = classifier.features_and_labels(clf, images)
         with timed(f"nll_iwae[{k}] and ELBO on the test split"):
-            nll, elbo = iwae_under_prior(vae, prior, x_test, key("iwae"), k)
+            nll, elbo = iwae_under_prior(vae, prior, x_test, key("iwae", seed), k)
         r = {"nll_iwae": float(nll.mean()), "elbo": float(elbo.mean())}
+        with timed("held-out latent NLL (one z ~ q(z|x) per test image)"):
+            z_test = evaluation.draw_latents(key("heldout_draws", seed), test_mean, test_logvar)
+            r["latent_nll"] = evaluation.latent_nll(prior, z_test)
         with timed("ELBO surgery (log q over the test posteriors)"):
-            r.update(analysis.elbo_surgery(key("elbo_surgery"), test_mean, test_logvar, jax.jit(prior.log_prob),
+            r.update(analysis.elbo_surgery(key("elbo_surgery", seed), test_mean, test_logvar, jax.jit(prior.log_prob),
                                            num_samples=min(n_samples, 10000)))
         with timed("fd_classifier, precision/recall, labels"):
-            r["fd_classifier"] = metrics.frechet_distance(real_feats, feats)
-            r.update(metrics.precision_recall(real_feats, feats))
+            r["fd_classifier"] = metrics.frechet_distance(real_feats, feats[:n_compared])
+            r.update(metrics.precision_recall(real_feats, feats[:n_compared]))
             r.update(metrics.label_stats(predicted))
         with timed("prior hole rate (log q of the samples)"):
             r.update(analysis.prior_hole_rate(z, train_mean, train_logvar, threshold))
         r["sampling_seconds"] = sample_seconds
         if not binarize:
             r["nll_iwae_bits_per_dim"] = losses.bits_per_dim(r["nll_iwae"], num_dims)
-        results[name] = r
-        log.info("%s: %s", name, {k_: v for k_, v in r.items() if not isinstance(v, list)})
+        return r, z, images
+
+    results, grids = {}, {}
+    for name, prior in fitted.items():
+        log.info("prior %s", name)
+        per_seed = []
+        for seed in seeds:
+            r, z, images = score(prior, seed)
+            per_seed.append(r)
+            if seed == seeds[0]:
+                with timed("write sample grids and .npz"):
+                    grids[name] = images[:GRID]
+                    plotting.save_grid(images[:GRID], os.path.join(out_dir, f"samples_{name}.png"), ncol=8)
+                    np.savez_compressed(os.path.join(out_dir, f"samples_{name}.npz"), z=np.asarray(z),
+                                        images=np.round(images * 255).astype(np.uint8))
+            log.info("%s, seed %d: %s", name, seed, {k_: v for k_, v in r.items() if not isinstance(v, list)})
+        results[name] = summarize(per_seed)
 
     plotting.save_labelled_grids(grids, os.path.join(out_dir, "comparison.png"), ncol=8)
     report = {
         "dataset": config.data.name,
         "data_source": dataset.source,
         "n_samples": n_samples,
+        "n_compared": n_compared,  # generated and real images each, for FD and precision/recall
         "k": k,
+        "seeds": seeds,
         "vae": {"arch": config.vae.arch, "latent_shape": list(vae.latent_shape), "likelihood": vae.likelihood,
                 "workdir": wd.path, "checkpoint": fitted_to},
         "priors": results,
@@ -194,11 +232,18 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
 
 
 COLUMNS = [
-    ("nll_iwae", "nll_iwae[k] (nats)"), ("elbo", "ELBO (nats)"), ("marginal_kl", "marginal_kl (nats)"),
+    ("nll_iwae", "nll_iwae[k] (nats)"), ("elbo", "ELBO (nats)"), ("latent_nll", "latent NLL (nats)"), ("marginal_kl", "marginal_kl (nats)"),
     ("mutual_info", "mutual_info (nats)"), ("fd_classifier", "fd_classifier"), ("precision", "precision"),
     ("recall", "recall"), ("label_entropy", "label_entropy (nats)"), ("prior_hole_rate", "prior_hole_rate"),
     ("median_log_q", "median log q(z) of samples (nats)"),
 ]
+
+
+def cell(result: dict, key: str, digits: int = 4) -> str:
+    """One metric of one prior: its value, or mean ± sd when the report has several seeds."""
+    sd = result.get("sd", {}).get(key)
+    value = f"{result[key]:.{digits}g}"
+    return f"{value} ± {sd:.2g}" if sd is not None and len(result.get("per_seed", ())) > 1 else value
 
 
 def markdown_table(report: dict) -> str:
@@ -206,7 +251,10 @@ def markdown_table(report: dict) -> str:
     lines = [
         f"# {report['dataset']}: N(0, I) vs learned priors",
         "",
-        f"{report['n_samples']} samples per prior; metrics on the test split; classifier test accuracy "
+        f"{report['n_samples']} samples per prior"
+        + (f"; mean ± sd over sample seeds {report['seeds']}" if len(report.get("seeds", [0])) > 1 else "")
+        + f"; FD and precision/recall on {report.get('n_compared', report['n_samples'])} generated vs as many "
+        f"real test images; metrics on the test split; classifier test accuracy "
         f"{report['classifier']['test_accuracy']:.4f}; data label entropy {report['data_labels']['label_entropy']:.3f} nats; "
         f"held-out latents (the validation half that did not set the threshold): hole rate "
         f"{report['heldout_latent_hole_rate']:.3f}, "
@@ -216,7 +264,7 @@ def markdown_table(report: dict) -> str:
         "| --- |" + " --- |" * len(cols),
     ]
     for name, r in report["priors"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.4g}" for k, _ in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(r, k) for k, _ in cols) + " |")
     if set(report["priors"]) <= set(priors.registry.names(fit="none")):
         lines += ["", "No learned prior is fitted in this workdir: fit one with "
                   "`python train.py --config <config> --workdir <W> --config.stage=prior --config.prior.name=gmm,pixelcnn`."]

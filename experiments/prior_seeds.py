@@ -1,0 +1,161 @@
+"""Which learned prior is best, with error bars: every prior fitted with several seeds to one VAE.
+
+  python experiments/prior_seeds.py --config configs/fashion_mnist.py --workdir runs/fashion_mnist \
+      [--seeds 0,1,2] [--priors gmm,pixelcnn,transformer] [--n 10000] [--out W/prior_seeds]
+
+The VAE in WORKDIR is trained once (train.py); nothing here changes it. For each seed s,
+OUT/seed_<s>/ is a workdir holding a copy of that VAE (config.json, checkpoints/, its
+metrics), the run's classifier, and priors fitted by stage 2 with --config.seed=s
+(initialization, latent draws, batch order): a prior WORKDIR already holds for seed s is
+copied with its records, fit time included, not refitted. Each seed's `sample.py` report (sample seed s) gives the metrics.
+Writes OUT/summary.json and OUT/summary.md: per prior the mean ± sd over seeds of the held-out
+latent NLL (test split), nll_iwae, fd_classifier, precision and recall, its fitting time and
+its sampling time, and whether the best autoregressive prior beats the GMM on each metric by
+more than two standard deviations (the larger sd of the two). Reruns resume: fits are
+not redone, and a seed's report is reused while it is newer than the seed's metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from vae import classifier, cli, input_pipeline, report, stages
+from vae import workdir as workdir_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:preset] (as given to train.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir with a trained VAE.")
+_SEEDS = flags.DEFINE_list("seeds", "0,1,2", "Fit seeds (config.seed of stage 2), comma separated.")
+_PRIORS = flags.DEFINE_list("priors", None, "Priors to fit; default: config.prior.name.")
+_N = flags.DEFINE_integer("n", 10000, "Samples per prior in each report.", lower_bound=1)
+_K = flags.DEFINE_integer("k", 10, "Importance samples for nll_iwae.", lower_bound=1)
+_OUT = flags.DEFINE_string("out", None, "Output directory; default WORKDIR/prior_seeds.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+METRICS = ("latent_nll", "nll_iwae", "fd_classifier", "precision", "recall")
+LOWER_IS_BETTER = {"latent_nll": True, "nll_iwae": True, "fd_classifier": True, "precision": False, "recall": False}
+AUTOREGRESSIVE = ("pixelcnn", "transformer", "made")
+
+
+def seed_workdir(source: workdir_lib.Workdir, path: str, seed: int, names) -> workdir_lib.Workdir:
+    """A workdir with the source's VAE, classifier and the priors it fitted with `seed`."""
+    wd = workdir_lib.Workdir(path)
+    if os.path.exists(wd.join("config.json")):
+        return wd  # made by an earlier run: resume
+    os.makedirs(path + ".partial", exist_ok=True)
+    for name in ("config.json", "best_validation_elbo.json", "runs.jsonl"):
+        if os.path.exists(source.join(name)):
+            shutil.copy2(source.join(name), os.path.join(path + ".partial", name))
+    for name in ("checkpoints", "classifier"):
+        shutil.copytree(source.join(name), os.path.join(path + ".partial", name))
+    records = [r for r in source.read_metrics() if "prior" not in r]  # the VAE's records
+    for name in names:
+        record = source.prior_record(name)
+        if record is not None and record["seed"] == seed and name in source.fitted_prior_names():
+            shutil.copytree(source.prior_dir(name), os.path.join(path + ".partial", "priors", name))
+            records += [r for r in source.read_metrics() if r.get("prior") == name]
+    with open(os.path.join(path + ".partial", "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(path + ".partial", path)
+    return wd
+
+
+def seed_report(wd, seed: int) -> dict:
+    """The seed's sample.py report (sample seed = fit seed); an earlier one is reused when it
+    has the same n, k and seed and no prior was fitted after it."""
+    path = wd.join("report", "report.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        fitted_after = os.path.getmtime(wd.join("metrics.jsonl")) > os.path.getmtime(path)  # a fit logs there
+        if (old["n_samples"], old["k"], old.get("seeds")) == (_N.value, _K.value, [seed]) and not fitted_after:
+            return old
+    return report.compare(wd.path, n_samples=_N.value, k=_K.value, seeds=(seed,), command=" ".join(sys.argv))
+
+
+def mean_sd(values) -> dict:
+    values = [float(v) for v in values]
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def verdicts(table: dict) -> list[dict]:
+    """For each metric: does the best autoregressive prior beat the GMM by > 2 sd?"""
+    ar = [n for n in table if n in AUTOREGRESSIVE]
+    if "gmm" not in table or not ar:
+        return []
+    out = []
+    for metric in METRICS:
+        sign = 1.0 if LOWER_IS_BETTER[metric] else -1.0
+        best = min(ar, key=lambda n: sign * table[n][metric]["mean"])
+        a, g = table[best][metric], table["gmm"][metric]
+        margin = sign * (g["mean"] - a["mean"])
+        out.append({"metric": metric, "best_autoregressive": best, "margin": margin,
+                    "two_sd": 2 * max(a["sd"], g["sd"]), "beats_gmm_by_2_sd": bool(margin > 2 * max(a["sd"], g["sd"]))})
+    return out
+
+
+def markdown(summary: dict) -> str:
+    seeds = summary["seeds"]
+    lines = [f"# {summary['dataset']}: learned priors over fit seeds {seeds} (mean ± sd)", "",
+             "| prior | " + " | ".join(METRICS) + " | fit (s) | sample 10k + decode (s) |",
+             "| --- |" + " --- |" * (len(METRICS) + 2)]
+    for name, row in summary["priors"].items():
+        cells = [f"{row[m]['mean']:.4g} ± {row[m]['sd']:.2g}" for m in METRICS]
+        fit = f"{row['fit_seconds']['mean']:.0f} ± {row['fit_seconds']['sd']:.0f}" if "fit_seconds" in row else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {fit} | {row['sampling_seconds']['mean']:.1f} |")
+    if summary["verdicts"]:
+        lines += ["", "Best autoregressive prior vs the GMM (margin: how much better; met: margin > 2 sd):", "",
+                  "| metric | best autoregressive | margin | 2 sd | met |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {v['metric']} | {v['best_autoregressive']} | {v['margin']:.4g} | {v['two_sd']:.2g} | "
+                  f"{'yes' if v['beats_gmm_by_2_sd'] else 'no'} |" for v in summary["verdicts"]]
+    lines += ["", f"Command: `{summary['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    source = workdir_lib.open(_WORKDIR.value)
+    names = _PRIORS.value or [n.strip() for n in config.prior.name.split(",")]
+    seeds = [int(s) for s in _SEEDS.value]
+    out = _OUT.value or source.join("prior_seeds")
+    os.makedirs(out, exist_ok=True)
+    # One classifier for every seed, so that fd_classifier varies with the priors only.
+    classifier.load_or_train(source.join("classifier"), input_pipeline.load_dataset(source.load_config().data), seed=0)
+    reports, fit_seconds = {}, {n: {} for n in names}
+    for seed in seeds:
+        wd = seed_workdir(source, os.path.join(out, f"seed_{seed}"), seed, names)
+        fit = config.copy_and_resolve_references()
+        fit.stage, fit.seed, fit.prior.name = "prior", seed, ",".join(names)
+        stages.train_and_evaluate(fit, wd.path)  # fits what is not fitted yet
+        for record in wd.read_metrics():  # the last fit of each prior: its wall time
+            if record["split"] == "fit":
+                fit_seconds[record["prior"]][seed] = record["fit_seconds"]
+        reports[seed] = seed_report(wd, seed)
+    table = {}
+    for name in reports[seeds[0]]["priors"]:
+        rows = [reports[s]["priors"][name] for s in seeds]
+        table[name] = {m: mean_sd(r[m] for r in rows) for m in METRICS}
+        table[name]["sampling_seconds"] = mean_sd(r["sampling_seconds"] for r in rows)
+        if fit_seconds.get(name):
+            table[name]["fit_seconds"] = mean_sd(fit_seconds[name].values())
+    summary = {"dataset": reports[seeds[0]]["dataset"], "seeds": seeds, "priors": table, "verdicts": verdicts(table),
+               "n_samples": _N.value, "k": _K.value, "command": " ".join(sys.argv),
+               "code": workdir_lib.code_version(), "vae": reports[seeds[0]]["vae"]}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(markdown(summary))
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,32 @@
+"""experiments/prior_seeds.py: every prior fitted with several seeds to one VAE, mean ± sd."""
+
+import json
+
+import numpy as np
+
+from tests.conftest import read_metrics, run_cli, snapshot
+
+
+def test_prior_seeds_fits_each_seed_once_and_reports_mean_and_sd(smoke_workdir, copy_of, mnist_dir):
+    work = copy_of(smoke_workdir)
+    args = ["experiments/prior_seeds.py", "--config", "configs/mnist.py:smoke", f"--config.data.idx_dir={mnist_dir}",
+            "--workdir", str(work), "--seeds", "0,1", "--priors", "gmm", "--n", "300", "--k", "2"]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((work / "prior_seeds" / "summary.json").read_text())
+    gmm = summary["priors"]["gmm"]
+    assert len(gmm["fd_classifier"]["values"]) == 2 and gmm["fd_classifier"]["sd"] > 0
+    assert gmm["latent_nll"]["mean"] < summary["priors"]["standard_normal"]["latent_nll"]["mean"]
+    assert len(gmm["fit_seconds"]["values"]) == 2
+    # seed 0 is the source's own fit, copied; seed 1 is a new one
+    source = snapshot(work / "priors" / "gmm" / "checkpoints")
+    assert snapshot(work / "prior_seeds" / "seed_0" / "priors" / "gmm" / "checkpoints") == source
+    assert snapshot(work / "prior_seeds" / "seed_1" / "priors" / "gmm" / "checkpoints") != source
+    nll = lambda w: [r["latent_nll/gmm"] for r in read_metrics(w) if r.get("prior") == "gmm" and r["split"] == "validation"]
+    assert nll(work / "prior_seeds" / "seed_0") == nll(work) and nll(work / "prior_seeds" / "seed_1") != nll(work)
+    assert "| gmm | " in (work / "prior_seeds" / "summary.md").read_text()
+    assert np.isfinite(gmm["fd_classifier"]["mean"])
+    # a rerun resumes: nothing is refitted, the same numbers come out
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((work / "prior_seeds" / "summary.json").read_text())["priors"]["gmm"]["latent_nll"] == gmm["latent_nll"]

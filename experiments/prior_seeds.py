@@ -104,7 +104,7 @@ def verdicts(table: dict) -> list[dict]:
 def markdown(summary: dict) -> str:
     seeds = summary["seeds"]
     lines = [f"# {summary['dataset']}: learned priors over fit seeds {seeds} (mean ± sd)", "",
-             "| prior | " + " | ".join(METRICS) + " | fit (s) | sample 10k + decode (s) |",
+             "| prior | " + " | ".join(METRICS) + f" | fit (s) | sample {summary['n_samples']} + decode (s) |",
              "| --- |" + " --- |" * (len(METRICS) + 2)]
     for name, row in summary["priors"].items():
         cells = [f"{row[m]['mean']:.4g} ± {row[m]['sd']:.2g}" for m in METRICS]

@@ -150,6 +150,10 @@ class Transformer(nnx.Module):
         return zs
 
 
+# Default size, measured on the 2-core CPU (7x7x4 latent, batch 128, 8 steps per call): 64
+# features x 4 layers (213k parameters) fits at 11.7 steps/s, the default PixelCNN (384k) at
+# 9.9; 128 features (827k) at 5.2. On the offline MNIST VAE it reached a held-out NLL of
+# 267.2 nats in 30 epochs (PixelCNN 265.8, 20-component GMM 269.4), still falling.
 register(Spec(
     name="transformer",
     fit="gradient",

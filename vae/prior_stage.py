@@ -4,7 +4,8 @@ For each name in `config.prior.name` (comma separated) this writes `W/priors/<na
 (config.json, checkpoints/) and appends to `W/metrics.jsonl` the held-out latent NLL of the
 prior and of N(0, I) on the same validation latents, per example and per latent dimension:
 `latent_nll/<name>`, `latent_nll/standard_normal`, `latent_nll_per_dim/...` (nats), and
-after each fit a `"split": "fit"` record with its wall time (`fit_seconds`, this invocation).
+after each fit a `"split": "fit"` record with its wall time (`fit_seconds`: the run that
+finished it; a fit resumed after a kill counts only its last run).
 
 How a prior is fitted is its registry entry's business (`priors.registry`): 'gradient'
 priors by Adam in the fit loop, on fresh draws z ~ q(z|x) every epoch (or the posterior
@@ -121,6 +122,15 @@ def best_epochs(wd, name: str) -> tuple[int | None, float, int]:
     return best["epoch"], best[f"latent_nll/{name}"], max(r["epoch"] for r in held)
 
 
+def stopped_early(wd, name: str, patience: int) -> str | None:
+    """Why prior `name`'s gradient fit is over before its last epoch (prior.patience), or None."""
+    best_epoch, best_nll, last_epoch = best_epochs(wd, name)
+    if patience > 0 and best_epoch is not None and last_epoch - best_epoch >= patience:
+        return (f"held-out NLL {best_nll:.3f} at epoch {best_epoch} not improved on in {patience} epochs "
+                f"(prior.patience); {wd.prior_checkpoints(name)} holds epoch {best_epoch}")
+    return None
+
+
 def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *, max_epochs_this_run=None):
     """Adam on the mean -log p(z) in the fit loop: resumable, evaluated every epoch. Epoch e
     fits fresh draws from posteriors(e) (`prior.latent_draws='per_epoch'`) or, every epoch, the
@@ -185,15 +195,8 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
         return {"val_nll": f"{record[metric]:.2f}", "best": f"{best_nll:.2f}@{best_epoch}",
                 "normal": f"{record[f'latent_nll/{priors.BASELINE}']:.2f}"}
 
-    def converged():
-        best_epoch, best_nll, last_epoch = best_epochs(wd, name)
-        if pc.patience > 0 and best_epoch is not None and last_epoch - best_epoch >= pc.patience:
-            return (f"held-out NLL {best_nll:.3f} at epoch {best_epoch} not improved on in {pc.patience} epochs "
-                    f"(prior.patience); {wd.prior_checkpoints(name)} holds epoch {best_epoch}")
-        return None
-
     task = loop.Task(desc=f"prior {name}", steps_per_epoch=steps_per_epoch, num_epochs=pc.num_epochs,
-                     run_epoch=run_epoch, end_epoch=end_epoch, converged=converged,
+                     run_epoch=run_epoch, end_epoch=end_epoch, converged=lambda: stopped_early(wd, name, pc.patience),
                      checkpoint_dir=wd.prior_train_state(name), workdir=wd, tags={"prior": name}, checked=(metric,),
                      error=PriorError)
     init = optim.init_state(tx, params)
@@ -201,7 +204,9 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
         init["ema"] = jax.tree.map(jnp.copy, params)  # its own buffers: the state is donated
     state, _ = loop.resume(task, init)
     state = loop.fit(task, state, max_epochs_this_run=max_epochs_this_run)
-    return nnx.merge(graphdef, checkpoint.restore(wd.prior_checkpoints(name), {"prior": params})["prior"])
+    if checkpoint.latest(wd.prior_checkpoints(name)) is None:  # no epoch run (prior.num_epochs=0)
+        return nnx.merge(graphdef, state["params"])
+    return nnx.merge(graphdef, checkpoint.restore(wd.prior_checkpoints(name), {"prior": params})["prior"])  # the best
 
 
 FIT_CHOICES = ("fit_target", "latent_draws", "em_draws_per_image", "binarization", "ema_decay", "patience")
@@ -263,9 +268,11 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
             fitted[name] = fit_gradient(config, wd, name, prior, posteriors, len(dataset.train), z_val, key,
                                         max_epochs_this_run=max_epochs_this_run)
         after = _heldout_records(wd, name)
-        if len(after) > len(before):  # work was done (not a finished fit restored): how long it took
+        finished = len(after) > len(before) and (spec.fit == "em" or after[-1]["epoch"] == config.prior.num_epochs
+                                                  or stopped_early(wd, name, config.prior.patience))
+        if finished:  # this run did the fit's last epoch: how long its part took
             wd.append_metrics({"step": after[-1]["step"], "epoch": after[-1]["epoch"], "split": "fit", "prior": name,
-                               "fit_seconds": time.perf_counter() - t0, "epochs_run": len(after) - len(before)})
+                               "fit_seconds": time.perf_counter() - t0})
     return fitted
 
 

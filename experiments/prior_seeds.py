@@ -43,12 +43,20 @@ LOWER_IS_BETTER = {"latent_nll": True, "nll_iwae": True, "fd_classifier": True, 
 AUTOREGRESSIVE = ("pixelcnn", "transformer", "made")
 
 
-def seed_workdir(source: workdir_lib.Workdir, path: str, seed: int, names) -> workdir_lib.Workdir:
-    """A workdir with the source's VAE, classifier and the priors it fitted with `seed`."""
+def same_fit(record: dict, prior_config) -> bool:
+    """Was a prior fitted with these stage-2 settings (all of config.prior but the name list)?"""
+    ours = json.loads(prior_config.to_json())
+    return {k: v for k, v in record["prior"].items() if k != "name"} == {k: v for k, v in ours.items() if k != "name"}
+
+
+def seed_workdir(source: workdir_lib.Workdir, path: str, seed: int, names, prior_config) -> workdir_lib.Workdir:
+    """A workdir with the source's VAE, classifier and the priors it fitted with `seed` and
+    these stage-2 settings."""
     wd = workdir_lib.Workdir(path)
     if os.path.exists(wd.join("config.json")):
         return wd  # made by an earlier run: resume
-    os.makedirs(path + ".partial", exist_ok=True)
+    shutil.rmtree(path + ".partial", ignore_errors=True)  # a copy a kill interrupted
+    os.makedirs(path + ".partial")
     for name in ("config.json", "best_validation_elbo.json", "runs.jsonl"):
         if os.path.exists(source.join(name)):
             shutil.copy2(source.join(name), os.path.join(path + ".partial", name))
@@ -57,7 +65,8 @@ def seed_workdir(source: workdir_lib.Workdir, path: str, seed: int, names) -> wo
     records = [r for r in source.read_metrics() if "prior" not in r]  # the VAE's records
     for name in names:
         record = source.prior_record(name)
-        if record is not None and record["seed"] == seed and name in source.fitted_prior_names():
+        if (record is not None and record["seed"] == seed and name in source.fitted_prior_names()
+                and same_fit(record, prior_config)):
             shutil.copytree(source.prior_dir(name), os.path.join(path + ".partial", "priors", name))
             records += [r for r in source.read_metrics() if r.get("prior") == name]
     with open(os.path.join(path + ".partial", "metrics.jsonl"), "w") as f:
@@ -88,8 +97,8 @@ def mean_sd(values) -> dict:
 def verdicts(table: dict) -> list[dict]:
     """For each metric: does the best autoregressive prior beat the GMM by > 2 sd?"""
     ar = [n for n in table if n in AUTOREGRESSIVE]
-    if "gmm" not in table or not ar:
-        return []
+    if "gmm" not in table or not ar or len(table["gmm"][METRICS[0]]["values"]) < 2:
+        return []  # no sd from one seed
     out = []
     for metric in METRICS:
         sign = 1.0 if LOWER_IS_BETTER[metric] else -1.0
@@ -132,16 +141,16 @@ def main(argv):
     classifier.load_or_train(source.join("classifier"), input_pipeline.load_dataset(source.load_config().data), seed=0)
     reports, fit_seconds = {}, {n: {} for n in names}
     for seed in seeds:
-        wd = seed_workdir(source, os.path.join(out, f"seed_{seed}"), seed, names)
         fit = config.copy_and_resolve_references()
         fit.stage, fit.seed, fit.prior.name = "prior", seed, ",".join(names)
+        wd = seed_workdir(source, os.path.join(out, f"seed_{seed}"), seed, names, fit.prior)
         stages.train_and_evaluate(fit, wd.path)  # fits what is not fitted yet
         for record in wd.read_metrics():  # the last fit of each prior: its wall time
-            if record["split"] == "fit":
+            if record["split"] == "fit" and record["prior"] in fit_seconds:
                 fit_seconds[record["prior"]][seed] = record["fit_seconds"]
         reports[seed] = seed_report(wd, seed)
     table = {}
-    for name in reports[seeds[0]]["priors"]:
+    for name in [n for n in reports[seeds[0]]["priors"] if all(n in reports[s]["priors"] for s in seeds)]:
         rows = [reports[s]["priors"][name] for s in seeds]
         table[name] = {m: mean_sd(r[m] for r in rows) for m in METRICS}
         table[name]["sampling_seconds"] = mean_sd(r["sampling_seconds"] for r in rows)

@@ -118,8 +118,8 @@ class PixelCNN(nnx.Module):
                  rngs: nnx.Rngs):
         if len(latent_shape) != 3:
             raise ValueError(f"PixelCNN models spatial latents (h, w, c); got {tuple(latent_shape)}: use 'made'")
-        if num_layers < 1 or kernel_size < 1:
-            raise ValueError(f"PixelCNN needs num_layers >= 1 and kernel_size >= 1; got {num_layers}, {kernel_size}")
+        if num_layers < 1 or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"PixelCNN needs num_layers >= 1 and an odd kernel_size; got {num_layers}, {kernel_size}")
         self.latent_shape = tuple(latent_shape)
         self.num_mixtures = num_mixtures
         hgt, wid, c = latent_shape

@@ -1,4 +1,6 @@
 import math
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -213,3 +215,27 @@ def test_fit_keeps_the_best_epoch_stops_early_and_stays_stopped(tmp_path):
     assert not np.allclose(jax.tree.leaves(train_state["ema"])[0], jax.tree.leaves(train_state["params"])[0])
     fit()  # a rerun finds the fit converged: no epoch more
     assert len([r for r in read_metrics(tmp_path) if r["split"] == "validation"]) == len(records)
+
+
+def test_a_train_state_saved_without_ema_resumes(tmp_path):
+    """Train states written before stage 2 carried the EMA resume, averaging from then on."""
+    from vae import checkpoint
+
+    train, held = mixture_data(jax.random.key(0), 2000), mixture_data(jax.random.key(1), 500)
+    config = fit_config("made")
+    config.prior.update(num_epochs=2, ema_decay=0.5)
+    (tmp_path / "priors").mkdir()
+    wd = workdir_lib.Workdir(str(tmp_path))
+    fit = lambda **kw: prior_stage.fit_gradient(config, wd, "made", priors.build("made", (2,), config.prior),
+                                                lambda i: (train, jnp.full_like(train, -jnp.inf)), len(train), held,
+                                                jax.random.key(2), **kw)
+    fit(max_epochs_this_run=1)
+    directory = wd.prior_train_state("made")
+    state = checkpoint.restore(directory, None)
+    step = int(state["step"])
+    shutil.rmtree(os.path.join(directory, "latest", str(step)))
+    checkpoint.save(directory, step, {k: v for k, v in state.items() if k != "ema"})  # the old layout
+    prior = fit()
+    assert [r["epoch"] for r in read_metrics(tmp_path) if r["split"] == "validation"] == [1, 2]
+    assert "ema" in checkpoint.restore(directory, None)
+    assert np.isfinite(evaluation.latent_nll(prior, held))

@@ -28,7 +28,7 @@ from flax import nnx
 import priors
 from vae import checkpoint, evaluation, input_pipeline, loop, optim
 from vae import workdir as workdir_lib
-from vae.errors import PriorError
+from vae.errors import CheckpointError, PriorError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ def fit_em(config, wd, name, prior, posteriors, z_val, key):
     posteriors(j)); a finished fit is restored, not redone."""
     ckpt_dir = wd.prior_checkpoints(name)
     graphdef, state = nnx.split(prior)
+    t0 = time.perf_counter()
     if checkpoint.latest(ckpt_dir) is not None:
         log.info("prior %s already fitted in %s", name, ckpt_dir)
         return nnx.merge(graphdef, checkpoint.restore(ckpt_dir, {"prior": state})["prior"])
@@ -108,6 +109,7 @@ def fit_em(config, wd, name, prior, posteriors, z_val, key):
              name, len(trace), time.perf_counter() - t0, trace[0], trace[-1])
     record = log_heldout(wd, name, prior, z_val, step=len(trace), epoch=1)
     checkpoint.save(ckpt_dir, len(trace), {"prior": nnx.state(prior)})
+    log_fit_time(wd, name, len(trace), 1, time.perf_counter() - t0)
     log.info("%s", record)
     return prior
 
@@ -120,6 +122,11 @@ def best_epochs(wd, name: str) -> tuple[int | None, float, int]:
         return None, math.inf, 0
     best = min(held, key=lambda r: r[f"latent_nll/{name}"])
     return best["epoch"], best[f"latent_nll/{name}"], max(r["epoch"] for r in held)
+
+
+def log_fit_time(wd, name: str, step: int, epoch: int, seconds: float) -> None:
+    """The "fit" record of a run that finished prior `name`'s fit: its wall time."""
+    wd.append_metrics({"step": step, "epoch": epoch, "split": "fit", "prior": name, "fit_seconds": seconds})
 
 
 def stopped_early(wd, name: str, patience: int) -> str | None:
@@ -138,19 +145,22 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
 
     Model selection on the held-out latents: W/priors/<name>/checkpoints keeps the epoch with
     the lowest held-out NLL (what readers load); `prior.patience` > 0 stops the fit after that
-    many epochs without a new best. `prior.ema_decay` > 0 evaluates and keeps an exponential
-    moving average of the parameters instead of the parameters; a prior section with
-    `dropout` > 0 gets a fresh dropout key every step."""
+    many epochs without a new best. The train state carries an exponential moving average of
+    the parameters ("ema"; with `prior.ema_decay` = 0 it is the parameters, so the option can
+    change between runs); `prior.ema_decay` > 0 evaluates and keeps it instead of the
+    parameters. A prior section with `dropout` > 0 gets a fresh dropout key every step."""
     pc = config.prior
     n = num_latents
     steps_per_epoch = n // pc.batch_size
     if steps_per_epoch < 1:
         raise PriorError(f"config.prior.batch_size={pc.batch_size} is larger than the training split ({n})")
+    t0 = time.perf_counter()
     graphdef, params = nnx.split(prior)
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)  # params get donated
     tx = optim.make_optimizer(pc, steps_per_epoch * pc.num_epochs)
     metric = f"latent_nll/{name}"
     dropout = float(pc[name].get("dropout", 0.0)) if name in pc else 0.0
-    dropout_key = jax.random.fold_in(key, 2)
+    dropout_key = jax.random.fold_in(key, 2**31 - 1)  # a stream no epoch's fold_in(key, epoch) reaches
 
     def train_step(state, z_batch):
         def loss_fn(p):
@@ -161,10 +171,9 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         new = optim.apply_gradients(tx, state, grads)
-        if pc.ema_decay > 0:  # the average warms up: decay min(ema_decay, (1 + t) / (10 + t))
-            t = state["step"].astype(jnp.float32)
-            d = jnp.minimum(pc.ema_decay, (1.0 + t) / (10.0 + t))
-            new["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], new["params"])
+        t = state["step"].astype(jnp.float32)  # the average warms up: decay min(ema_decay, (1 + t) / (10 + t))
+        d = jnp.minimum(pc.ema_decay, (1.0 + t) / (10.0 + t))
+        new["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], new["params"])
         return new, {metric: loss}
 
     @jax.jit
@@ -186,6 +195,9 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
         evaluated = state["ema"] if pc.ema_decay > 0 else state["params"]
         _, best_nll, _ = best_epochs(wd, name)
         record = log_heldout(wd, name, nnx.merge(graphdef, evaluated), z_val, step, epoch)
+        if not math.isfinite(record[metric]):
+            raise PriorError(f"{name}: non-finite held-out {metric} at epoch {epoch}; the last good fit is in "
+                             f"{wd.prior_checkpoints(name)}")
         # The prior readers load, saved first: a kill between the two saves then redoes this
         # epoch (the train state is behind) and re-saves the same prior.
         if record[metric] < best_nll:
@@ -199,14 +211,20 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
                      run_epoch=run_epoch, end_epoch=end_epoch, converged=lambda: stopped_early(wd, name, pc.patience),
                      checkpoint_dir=wd.prior_train_state(name), workdir=wd, tags={"prior": name}, checked=(metric,),
                      error=PriorError)
-    init = optim.init_state(tx, params)
-    if pc.ema_decay > 0:
-        init["ema"] = jax.tree.map(jnp.copy, params)  # its own buffers: the state is donated
-    state, _ = loop.resume(task, init)
+    init = {**optim.init_state(tx, params), "ema": jax.tree.map(jnp.copy, params)}  # own buffers: donated
+    try:
+        state, _ = loop.resume(task, init)
+    except CheckpointError:  # a train state saved before it carried "ema": resume it, averaging from now on
+        state, _ = loop.resume(task, {k: v for k, v in init.items() if k != "ema"})
+        state["ema"] = jax.tree.map(jnp.copy, state["params"])
+    start = int(state["step"])
     state = loop.fit(task, state, max_epochs_this_run=max_epochs_this_run)
+    last_epoch = best_epochs(wd, name)[2]
+    if int(state["step"]) > start and (last_epoch == pc.num_epochs or stopped_early(wd, name, pc.patience)):
+        log_fit_time(wd, name, int(state["step"]), last_epoch, time.perf_counter() - t0)
     if checkpoint.latest(wd.prior_checkpoints(name)) is None:  # no epoch run (prior.num_epochs=0)
         return nnx.merge(graphdef, state["params"])
-    return nnx.merge(graphdef, checkpoint.restore(wd.prior_checkpoints(name), {"prior": params})["prior"])  # the best
+    return nnx.merge(graphdef, checkpoint.restore(wd.prior_checkpoints(name), {"prior": shapes})["prior"])  # the best
 
 
 FIT_CHOICES = ("fit_target", "latent_draws", "em_draws_per_image", "binarization", "ema_decay", "patience")
@@ -224,7 +242,7 @@ def _prepare_prior_dir(config, wd, name, latent_shape, fitted_to) -> None:
     if record is None:
         wd.save_prior_config(config, name, latent_shape, fitted_to)
         return
-    changed = [k for k in FIT_CHOICES if record["prior"].get(k) != config.prior.get(k)]
+    changed = [k for k in FIT_CHOICES if k in record["prior"] and record["prior"][k] != config.prior.get(k)]
     if changed:
         log.warning("prior %s in %s was fitted with %s; this run asks for %s. The existing fit is kept (and "
                     "resumed if unfinished): set %s aside to refit it with the new choices.", name, wd.prior_dir(name),
@@ -261,18 +279,11 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
         _prepare_prior_dir(config, wd, name, model.latent_shape, fitted_to)
         prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed)
         key = jax.random.fold_in(fit_key, i)
-        before, t0 = _heldout_records(wd, name), time.perf_counter()
         if spec.fit == "em":
             fitted[name] = fit_em(config, wd, name, prior, posteriors, z_val, key)
         else:
             fitted[name] = fit_gradient(config, wd, name, prior, posteriors, len(dataset.train), z_val, key,
                                         max_epochs_this_run=max_epochs_this_run)
-        after = _heldout_records(wd, name)
-        finished = len(after) > len(before) and (spec.fit == "em" or after[-1]["epoch"] == config.prior.num_epochs
-                                                  or stopped_early(wd, name, config.prior.patience))
-        if finished:  # this run did the fit's last epoch: how long its part took
-            wd.append_metrics({"step": after[-1]["step"], "epoch": after[-1]["epoch"], "split": "fit", "prior": name,
-                               "fit_seconds": time.perf_counter() - t0})
     return fitted
 
 

@@ -2,8 +2,6 @@
 
 import json
 
-import numpy as np
-
 from tests.conftest import read_metrics, run_cli, snapshot
 
 
@@ -25,7 +23,6 @@ def test_prior_seeds_fits_each_seed_once_and_reports_mean_and_sd(smoke_workdir, 
     nll = lambda w: [r["latent_nll/gmm"] for r in read_metrics(w) if r.get("prior") == "gmm" and r["split"] == "validation"]
     assert nll(work / "prior_seeds" / "seed_0") == nll(work) and nll(work / "prior_seeds" / "seed_1") != nll(work)
     assert "| gmm | " in (work / "prior_seeds" / "summary.md").read_text()
-    assert np.isfinite(gmm["fd_classifier"]["mean"])
     # a rerun resumes: nothing is refitted, the same numbers come out
     again = run_cli(args)
     assert again.returncode == 0, again.stderr[-3000:]

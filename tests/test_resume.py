@@ -154,3 +154,36 @@ def test_same_seed_gives_identical_metrics_and_parameters(straight_run, tmp_path
     assert without_timing(again) == without_timing([r for r in read_metrics(straight_run) if "prior" not in r])
     recorded = json.loads((tmp_path / "again" / "config.json").read_text())
     assert recorded["seed"] == config.seed and recorded["data"]["split_seed"] == config.data.split_seed
+
+
+def test_a_stop_mid_epoch_keeps_the_epochs_train_record_whole(tmp_path):
+    """A signal mid-epoch, then a resume: the epoch's "train" record averages all its steps,
+    as an uninterrupted run's does (the loop alone, on a toy task: deterministic)."""
+    from vae import loop
+
+    def run(work, stop_at=None):
+        work.mkdir(exist_ok=True)
+        wd = Workdir(str(work))
+
+        def chunk(state, steps):
+            if stop_at is not None and int(state["step"]) == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled between chunks, like a real preemption
+            n = steps.stop - steps.start
+            values = (state["step"] + jax.numpy.arange(n, dtype=jax.numpy.float32)) ** 2  # the global steps, squared
+            return {"step": state["step"] + n}, {"loss": values}
+
+        task = loop.Task(desc="toy", steps_per_epoch=8, num_epochs=2, checkpoint_dir=str(work / "ckpt"), workdir=wd,
+                         run_epoch=lambda st, epoch, start, stop: loop.run_chunks(
+                             chunk, st, loop.chunk_slices(8, 2, start), should_stop=stop),
+                         end_epoch=lambda st, step, epoch: checkpoint.save(str(work / "ckpt"), step, st))
+        state, _ = loop.resume(task, {"step": jax.numpy.asarray(0)})
+        return loop.fit(task, state), wd
+
+    _, straight = run(tmp_path / "straight")
+    with pytest.raises(Exception, match="stopped by SIGTERM at step 12"):  # 2 steps in flight after the signal
+        run(tmp_path / "stopped", stop_at=10)
+    final, resumed = run(tmp_path / "stopped")
+    assert int(final["step"]) == 16
+    train = lambda wd: [(r["step"], r["loss"]) for r in wd.read_metrics() if r["split"] == "train"]  # noqa: E731
+    assert train(resumed) == train(straight) == [(8, float(np.mean(np.arange(0.0, 8.0) ** 2))),
+                                                 (16, float(np.mean(np.arange(8.0, 16.0) ** 2)))]

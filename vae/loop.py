@@ -11,7 +11,9 @@ device, an end-of-epoch hook that evaluates and saves, and where its resumable s
     one raises before anything is saved, so the latest checkpoint is the last good one;
   * resume (`resume`): restore the latest train state and drop the metrics records the
     interrupted run logged after it; boundaries sit at fixed multiples of steps_per_call
-    from each epoch's start, so a resumed run reproduces an uninterrupted one bit for bit;
+    from each epoch's start, and a mid-epoch stop keeps the epoch's per-step metrics so far
+    (`partial_epoch.json` beside the checkpoints), so a resumed run reproduces an
+    uninterrupted one bit for bit, its "train" records included;
   * the progress bar and the per-epoch "train" record in metrics.jsonl.
 """
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -180,6 +184,27 @@ def find_non_finite(step_metrics: dict, first_step: int, names) -> tuple[int, st
     return None
 
 
+def _save_partial_epoch(task: Task, step: int, metrics: dict) -> None:
+    """The per-step metrics of the epoch stopped at `step`, for the run that resumes it."""
+    if jax.process_index() == 0:
+        path = os.path.join(task.checkpoint_dir, "partial_epoch.json")
+        record = {"step": step, "metrics": {k: [str(np.asarray(v).dtype), np.asarray(v).tolist()]
+                                            for k, v in metrics.items()}}
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+
+
+def _load_partial_epoch(task: Task, step: int) -> dict | None:
+    """The metrics `_save_partial_epoch` kept for a stop at `step`, else None."""
+    path = os.path.join(task.checkpoint_dir or "", "partial_epoch.json")
+    if not task.checkpoint_dir or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    return {k: np.asarray(v, dtype) for k, (dtype, v) in record["metrics"].items()} if record["step"] == step else None
+
+
 def _latest(task: Task):
     return checkpoint.latest(task.checkpoint_dir) if task.checkpoint_dir else None
 
@@ -194,6 +219,7 @@ def fit(task: Task, state, *, max_epochs_this_run: int | None = None):
     bar = tqdm(total=task.steps_per_epoch * task.num_epochs, initial=start_step, desc=task.desc, unit="step",
                dynamic_ncols=True, leave=task.leave_bar)
     step = start_step
+    carried = _load_partial_epoch(task, start_step) if start_step % task.steps_per_epoch else None
     with stop_on_signals() as signals:
         for epoch in range(first_epoch, last_epoch):
             reason = task.converged() if task.converged else None
@@ -211,8 +237,14 @@ def fit(task: Task, state, *, max_epochs_this_run: int | None = None):
                     f"non-finite {bad[1]} at step {bad[0]} (epoch {epoch + 1}) of {task.desc}; stopped without "
                     f"saving, so the latest checkpoint (step {_latest(task)}) is the last good one")
             steps_run, step = int(state["step"]) - step, int(state["step"])
+            if carried:  # the steps of this epoch that an interrupted run made
+                step_metrics = carried if not step_metrics else {k: np.concatenate([carried[k], v])
+                                                                  for k, v in step_metrics.items()}
+                carried = None
             if signals and step < (epoch + 1) * task.steps_per_epoch:  # stopped mid-epoch
-                if task.checkpoint_dir:
+                if task.checkpoint_dir:  # the metrics first: they are only read with a checkpoint at `step`
+                    if step_metrics:
+                        _save_partial_epoch(task, step, step_metrics)
                     checkpoint.save(task.checkpoint_dir, step, state)
                 raise Stopped(signals[0], step, task.checkpoint_dir)
             if task.workdir is not None:

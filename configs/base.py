@@ -44,7 +44,18 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.data_placement = "auto"  # 'device' (uint8 train split on the device), 'streamed'
     config.train.compute_dtype = "float32"  # 'bfloat16': mixed precision (fp32 params and loss)
     config.train.num_devices = 0  # data-parallel over this many devices (0: all)
-    config.train.distributed = False  # multi-host: call jax.distributed.initialize() first
+    # Several processes (README "Running on several hosts"): distributed=True joins them via
+    # jax.distributed.initialize; address/count/id unset (""/0/-1) come from the environment
+    # (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or the cluster JAX detects.
+    config.train.distributed = False
+    config.train.coordinator_address = ""  # host:port of process 0
+    config.train.num_processes = 0
+    config.train.process_id = -1
+    config.train.heartbeat_timeout_seconds = 100  # a lost process stops the others after this
+    # The training split is cut into this many equal shards (0: one per process); every batch
+    # takes batch_size / input_shards examples from each, so the batches depend on this count
+    # only: one process with input_shards=N trains on the batches N processes would.
+    config.train.input_shards = 0
     config.train.eval_batch_size = 500
     config.train.num_sample_images = 64
 

@@ -6,7 +6,10 @@ with an atomic rename, so an interrupted save never hides the previous checkpoin
 directory without orbax's metadata files (an interrupted copy, say) is not a checkpoint: it
 is skipped with a warning, and moved aside (never deleted) if that step is saved again.
 Restoring takes an abstract target (shapes and dtypes), so a checkpoint written on GPU/TPU
-restores onto whatever devices this process has.
+restores onto whatever devices this process has (a target leaf with no sharding: onto its
+first local device, whatever mesh wrote it). Several processes: every one calls `save` and
+`restore` with global arrays (Orbax writes each shard once, the metadata from process 0); a
+target on one local device restores a full copy into each process.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from vae.errors import CheckpointError
 
@@ -56,12 +60,14 @@ def _move_aside_unfinished(directory: str) -> None:
     """Orbax would take an unfinished `<step>/` for a saved one (and skip saving that step or
     any earlier one); keep such directories, under another name."""
     path = os.path.abspath(directory)
-    for step in ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []:
+    for step in ocp.utils.checkpoint_steps(path) if os.path.isdir(path) and jax.process_index() == 0 else []:
         step_dir = os.path.join(path, str(step))
         if not _is_finished(step_dir):
             aside = f"{step_dir}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}"
             os.replace(step_dir, aside)
             log.warning("moved the unfinished checkpoint directory %s to %s", step_dir, aside)
+    if jax.process_count() > 1:  # one process moves; the others save once it has
+        multihost_utils.sync_global_devices(f"unfinished checkpoints in {path}")
 
 
 def latest(directory: str, kind: str = "latest") -> int | None:
@@ -96,7 +102,13 @@ def restore(directory: str, target, *, step: int | None = None, kind: str = "lat
     step = latest(directory, kind) if step is None else step
     if step is None:
         raise CheckpointError(f"no finished checkpoint under {os.path.join(directory, kind)}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # for target leaves with no placement
+
+    def abstract_leaf(x):
+        leaf = ocp.utils.to_shape_dtype_struct(x)
+        return leaf if getattr(leaf, "sharding", None) else jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=here)
+
+    abstract = jax.tree.map(abstract_leaf, target)
     mgr = _manager(os.path.join(directory, kind), max_to_keep=2)
     try:
         return mgr.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
@@ -38,5 +39,15 @@ def run(main):
         except USER_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except jax.errors.JaxRuntimeError as e:
+            if jax.process_count() == 1:
+                raise
+            # Several processes: a collective failing mostly means another process is gone. At
+            # exit JAX's coordination service names it, once its heartbeat times out.
+            print(f"error: process {jax.process_index()} of {jax.process_count()}: {str(e)[:300]}. Another "
+                  "process has probably stopped; JAX's coordination service names it below within "
+                  "config.train.heartbeat_timeout_seconds. Relaunch every process to resume from the last "
+                  "checkpoint.", file=sys.stderr)
+            sys.exit(1)
 
     app.run(wrapped, flags_parser=_parse_flags)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae import input_pipeline, losses, models
+from vae import input_pipeline, losses, models, sharding
 
 SEEDS = {"validation": 1, "test": 2, "train_latents": 11, "heldout_draw": 12, "prior_fit": 13}  # + config.seed
 
@@ -41,16 +41,24 @@ def make_elbo_fn(graphdef, config):
     return elbo_terms
 
 
-def evaluate(elbo_fn, params, x, key, batch_size: int, *, bits_per_dim: bool = False) -> dict:
-    """Mean ELBO terms over prepared images `x` (host array), in fixed-size batches."""
+@jax.jit
+def _valid_sums(terms: dict, num_valid):
+    """Sums of per-example terms over the first `num_valid` rows (the rest: padding)."""
+    valid = jnp.arange(next(iter(terms.values())).shape[0]) < num_valid
+    return {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in terms.items()}
+
+
+def evaluate(elbo_fn, params, x, key, batch_size: int, *, bits_per_dim: bool = False, mesh=None) -> dict:
+    """Mean ELBO terms over prepared images `x` (host array), in fixed-size batches; with a
+    `mesh` (every process passing the same x), each batch is split across its devices."""
     n = len(x)
     pad = (-n) % batch_size
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
     sums = None
     for i in range(0, len(xp), batch_size):
-        terms = elbo_fn(params, xp[i : i + batch_size], jax.random.fold_in(key, i))
-        valid = jnp.arange(batch_size) < n - i  # the padding rows of the last batch
-        batch_sums = {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in terms.items()}
+        xb = xp[i : i + batch_size] if mesh is None else sharding.put(xp[i : i + batch_size],
+                                                                      sharding.batch_sharding(mesh))
+        batch_sums = _valid_sums(elbo_fn(params, xb, jax.random.fold_in(key, i)), n - i)
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     metrics = {k: float(v) / n for k, v in jax.device_get(sums).items()}  # one host fetch
     if bits_per_dim:  # for 8-bit data: the negative ELBO in bits per pixel
@@ -105,7 +113,8 @@ class EvalData:
         if (split, limit) not in self._images:
             seed = self.seed("train_latents" if split == "train" else split)
             raw = self.dataset.split(split).images[:limit]
-            self._images[split, limit] = input_pipeline.fixed_binarization(raw, seed, self.binarize)
+            shards = self.dataset.train_shards if split == "train" and limit is None else None
+            self._images[split, limit] = input_pipeline.fixed_binarization(raw, seed, self.binarize, shards)
         return self._images[split, limit]
 
     def posteriors(self, model, split: str, limit: int | None = None):

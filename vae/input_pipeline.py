@@ -48,6 +48,9 @@ class Dataset:
     validation: Split
     test: Split
     source: str  # human-readable provenance, logged and stored in reports
+    # Several processes: how the training split was cut and which shards `train` holds
+    # (a `vae.sharding.InputShards`); None: `train` is the whole split, one shard.
+    train_shards: object = None
 
     def split(self, name: str) -> Split:
         if name not in ("train", "validation", "test"):
@@ -168,6 +171,16 @@ def load_dataset(data_config) -> Dataset:
     return Dataset(name, train, validation, test, source)
 
 
+def keep_shards(dataset: Dataset, shards) -> Dataset:
+    """`dataset` with only the training rows of this process's shards (`vae.sharding.InputShards`)."""
+    rows = shards.rows(len(dataset.train))
+    train = Split(dataset.train.images[rows], dataset.train.labels[rows])
+    if shards.count > 1:
+        log.info("training shards %s of %d: %d of %d images", list(shards.local), shards.count, len(train),
+                 len(dataset.train))
+    return dataclasses.replace(dataset, train=train, train_shards=shards)
+
+
 def to_float(images_uint8):
     """uint8 images -> float32 in [0, 1]; works on numpy and jax arrays."""
     return images_uint8.astype("float32") / 255.0
@@ -181,6 +194,16 @@ def prepare_images(images_uint8, key, binarize: bool):
     return x
 
 
-def fixed_binarization(images_uint8, seed: int, binarize: bool) -> np.ndarray:
+def prepare_shards(images_uint8, key, binarize: bool, shards=None):
+    """`prepare_images` of this process's training rows, shard by shard when the split is cut
+    into several (`Dataset.train_shards`): shard j draws with fold_in(key, j), so the draws
+    depend on the shard count, not on which process holds which shard."""
+    if shards is None or shards.count == 1:
+        return prepare_images(images_uint8, key, binarize)
+    return jnp.concatenate([prepare_images(images_uint8[i * shards.size:(i + 1) * shards.size],
+                                           jax.random.fold_in(key, j), binarize) for i, j in enumerate(shards.local)])
+
+
+def fixed_binarization(images_uint8, seed: int, binarize: bool, shards=None) -> np.ndarray:
     """Evaluation data: binarized once with a fixed seed, so numbers compare across epochs."""
-    return np.asarray(prepare_images(jnp.asarray(images_uint8), jax.random.key(seed), binarize))
+    return np.asarray(prepare_shards(jnp.asarray(images_uint8), jax.random.key(seed), binarize, shards))

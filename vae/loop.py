@@ -6,7 +6,8 @@ device, an end-of-epoch hook that evaluates and saves, and where its resumable s
   * chunks: an epoch runs as jitted calls of `steps_per_call` steps (`chunk_slices`), at most
     two in flight (`run_chunks`), host batches shipped one call ahead (`prefetch`);
   * signals: SIGTERM/SIGINT stop the loop at the next chunk boundary; mid-epoch it saves the
-    train state to `Task.checkpoint_dir` and raises `Stopped`;
+    train state to `Task.checkpoint_dir` and raises `Stopped`. With several processes a
+    signal to any one of them stops all at the same boundary (`any_process`);
   * the non-finite guard: the per-step metrics are fetched once per epoch, and a non-finite
     one raises before anything is saved, so the latest checkpoint is the last good one;
   * resume (`resume`): restore the latest train state and drop the metrics records the
@@ -33,6 +34,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vae import checkpoint
@@ -184,6 +186,14 @@ def find_non_finite(step_metrics: dict, first_step: int, names) -> tuple[int, st
     return None
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set in any process (in one process: `flag`). A collective: every
+    process asks at the same point, so all take the same branch after it."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def _save_partial_epoch(task: Task, step: int, metrics: dict) -> None:
     """The per-step metrics of the epoch stopped at `step`, for the run that resumes it."""
     if jax.process_index() == 0:
@@ -221,14 +231,15 @@ def fit(task: Task, state, *, max_epochs_this_run: int | None = None):
     step = start_step
     carried = _load_partial_epoch(task, start_step) if start_step % task.steps_per_epoch else None
     with stop_on_signals() as signals:
+        stopping = lambda: any_process(bool(signals))  # noqa: E731
+        signum = lambda: signals[0] if signals else signal.SIGTERM  # noqa: E731 - another process's signal
         for epoch in range(first_epoch, last_epoch):
             reason = task.converged() if task.converged else None
             if reason:
                 log.info("%s: stopped early before epoch %d: %s", task.desc, epoch + 1, reason)
                 break
             t0 = time.perf_counter()
-            state, step_metrics = task.run_epoch(state, epoch, step - epoch * task.steps_per_epoch,
-                                                 lambda: bool(signals))
+            state, step_metrics = task.run_epoch(state, epoch, step - epoch * task.steps_per_epoch, stopping)
             step_metrics = jax.device_get(step_metrics)  # the one host sync per epoch
             seconds = time.perf_counter() - t0
             bad = step_metrics and find_non_finite(step_metrics, step, task.checked)
@@ -241,12 +252,12 @@ def fit(task: Task, state, *, max_epochs_this_run: int | None = None):
                 step_metrics = carried if not step_metrics else {k: np.concatenate([carried[k], v])
                                                                   for k, v in step_metrics.items()}
                 carried = None
-            if signals and step < (epoch + 1) * task.steps_per_epoch:  # stopped mid-epoch
+            if step < (epoch + 1) * task.steps_per_epoch:  # stopped mid-epoch (every process alike)
                 if task.checkpoint_dir:  # the metrics first: they are only read with a checkpoint at `step`
                     if step_metrics:
                         _save_partial_epoch(task, step, step_metrics)
                     checkpoint.save(task.checkpoint_dir, step, state)
-                raise Stopped(signals[0], step, task.checkpoint_dir)
+                raise Stopped(signum(), step, task.checkpoint_dir)
             if task.workdir is not None:
                 record = {k: float(np.mean(v)) for k, v in step_metrics.items()}
                 record["steps_per_sec"] = steps_run / seconds
@@ -256,7 +267,7 @@ def fit(task: Task, state, *, max_epochs_this_run: int | None = None):
             postfix = task.end_epoch(state, step, epoch + 1) if task.end_epoch else {}
             bar.update(steps_run)
             bar.set_postfix(postfix, steps_s=f"{steps_run / seconds:.1f}")
-            if signals:  # arrived after the last chunk: this epoch is saved, stop here
-                raise Stopped(signals[0], step, task.checkpoint_dir)
+            if stopping():  # arrived after the last chunk: this epoch is saved, stop here
+                raise Stopped(signum(), step, task.checkpoint_dir)
     bar.close()
     return state

@@ -11,6 +11,11 @@ How a prior is fitted is its registry entry's business (`priors.registry`): 'gra
 priors by Adam in the fit loop, on fresh draws z ~ q(z|x) every epoch (or the posterior
 means, `prior.fit_target='mean'`); 'em' priors by their EM routine on one draw per
 training image; 'none' priors (N(0, I)) need nothing.
+
+Devices and processes: each process encodes its own training rows and gathers everyone's
+latents (they are small next to the images); gradient fits are data-parallel over stage
+1's mesh (latents replicated, batches split), EM fits and held-out evaluation run in every
+process on one local device, on the same values, so all processes agree on every decision.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 import priors
-from vae import checkpoint, evaluation, input_pipeline, loop, optim
+from vae import checkpoint, evaluation, input_pipeline, loop, optim, sharding
 from vae import workdir as workdir_lib
 from vae.errors import CheckpointError, PriorError
 
@@ -55,23 +60,26 @@ def draw_fit_latents(key, mean, logvar, fit_target: str):
 def training_posteriors(config, eval_data, model):
     """index -> (mean, logvar) of q(z|x) over the training images, as `prior.binarization`
     says: 'once' (every index: the images binarized once by the run's named seed) or
-    'per_epoch' (index i: binarized afresh by fold_in(that seed, i), as stage 1 trained)."""
+    'per_epoch' (index i: binarized afresh by fold_in(that seed, i), as stage 1 trained).
+    Several processes: each encodes its own rows, and every one gets all the latents."""
     if config.prior.binarization == "once" or not eval_data.binarize:
-        mean, logvar = eval_data.posteriors(model, "train")
+        mean, logvar = map(sharding.gather_rows, eval_data.posteriors(model, "train"))
         return lambda index: (mean, logvar)
     graphdef, params = nnx.split(model)
     images = jnp.asarray(eval_data.dataset.train.images)
+    shards = eval_data.dataset.train_shards
     num, batch = len(images), 1000
     pad = (-num) % batch
 
     @jax.jit
     def encode_fresh(params, images, index):
-        x = input_pipeline.prepare_images(images, jax.random.fold_in(eval_data.key("train_latents"), index), True)
+        x = input_pipeline.prepare_shards(images, jax.random.fold_in(eval_data.key("train_latents"), index), True,
+                                          shards)
         x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(-1, batch, *x.shape[1:])
         m, lv = jax.lax.map(nnx.merge(graphdef, params).encode, x)
         return m.reshape(-1, *m.shape[2:])[:num], lv.reshape(-1, *lv.shape[2:])[:num]
 
-    return lambda index: encode_fresh(params, images, index)
+    return lambda index: tuple(map(sharding.gather_rows, encode_fresh(params, images, index)))
 
 
 def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
@@ -86,9 +94,11 @@ def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
     return record
 
 
-def fit_em(config, wd, name, prior, posteriors, z_val, key):
+def fit_em(config, wd, name, prior, posteriors, z_val, key, mesh=None):
     """One EM fit on `prior.em_draws_per_image` draws of every training latent (draw j from
-    posteriors(j)); a finished fit is restored, not redone."""
+    posteriors(j)); a finished fit is restored, not redone. It runs in every process alike;
+    the checkpoint is saved from the mesh (default: one device), as Orbax wants across processes."""
+    mesh = mesh or sharding.make_mesh(1)
     ckpt_dir = wd.prior_checkpoints(name)
     graphdef, state = nnx.split(prior)
     t0 = time.perf_counter()
@@ -108,7 +118,7 @@ def fit_em(config, wd, name, prior, posteriors, z_val, key):
     log.info("%s EM: %d iterations in %.1f s, train log-lik %.2f -> %.2f nats",
              name, len(trace), time.perf_counter() - t0, trace[0], trace[-1])
     record = log_heldout(wd, name, prior, z_val, step=len(trace), epoch=1)
-    checkpoint.save(ckpt_dir, len(trace), {"prior": nnx.state(prior)})
+    checkpoint.save(ckpt_dir, len(trace), {"prior": sharding.put(nnx.state(prior), sharding.replicated(mesh))})
     log_fit_time(wd, name, len(trace), 1, time.perf_counter() - t0)
     log.info("%s", record)
     return prior
@@ -138,7 +148,8 @@ def stopped_early(wd, name: str, patience: int) -> str | None:
     return None
 
 
-def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *, max_epochs_this_run=None):
+def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, mesh=None, *,
+                 max_epochs_this_run=None):
     """Adam on the mean -log p(z) in the fit loop: resumable, evaluated every epoch. Epoch e
     fits fresh draws from posteriors(e) (`prior.latent_draws='per_epoch'`) or, every epoch, the
     one draw of epoch 0 ('once').
@@ -148,12 +159,17 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
     many epochs without a new best. The train state carries an exponential moving average of
     the parameters ("ema"; with `prior.ema_decay` = 0 it is the parameters, so the option can
     change between runs); `prior.ema_decay` > 0 evaluates and keeps it instead of the
-    parameters. A prior section with `dropout` > 0 gets a fresh dropout key every step."""
+    parameters. A prior section with `dropout` > 0 gets a fresh dropout key every step.
+    The steps are data-parallel over `mesh` (default: one device): latents and state
+    replicated, each batch split."""
+    mesh = mesh or sharding.make_mesh(1)
     pc = config.prior
     n = num_latents
     steps_per_epoch = n // pc.batch_size
     if steps_per_epoch < 1:
         raise PriorError(f"config.prior.batch_size={pc.batch_size} is larger than the training split ({n})")
+    sharding.check_divisible(pc.batch_size, mesh, "prior.batch_size")
+    rep, split_batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     t0 = time.perf_counter()
     graphdef, params = nnx.split(prior)
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)  # params get donated
@@ -183,18 +199,19 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_chunk(state, z, batch_indices):
-        return loop.scan_steps(lambda st, idx: train_step(st, z[idx]), state, batch_indices)
+        return loop.scan_steps(lambda st, idx: train_step(st, jax.lax.with_sharding_constraint(z[idx], split_batch)),
+                               state, batch_indices)
 
     def run_epoch(state, epoch, start, should_stop):
         draw_epoch = epoch if pc.latent_draws == "per_epoch" else 0
-        z, batches = epoch_data(epoch, draw_epoch, *posteriors(draw_epoch))
+        z, batches = epoch_data(epoch, draw_epoch, *sharding.put(posteriors(draw_epoch), rep))
         chunks = (batches[s] for s in loop.chunk_slices(steps_per_epoch, pc.steps_per_call, start))
         return loop.run_chunks(lambda st, b: train_chunk(st, z, b), state, chunks, should_stop=should_stop)
 
     def end_epoch(state, step, epoch):
         evaluated = state["ema"] if pc.ema_decay > 0 else state["params"]
         _, best_nll, _ = best_epochs(wd, name)
-        record = log_heldout(wd, name, nnx.merge(graphdef, evaluated), z_val, step, epoch)
+        record = log_heldout(wd, name, nnx.merge(graphdef, sharding.local_copy(evaluated)), z_val, step, epoch)
         if not math.isfinite(record[metric]):
             raise PriorError(f"{name}: non-finite held-out {metric} at epoch {epoch}; the last good fit is in "
                              f"{wd.prior_checkpoints(name)}")
@@ -211,7 +228,7 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
                      run_epoch=run_epoch, end_epoch=end_epoch, converged=lambda: stopped_early(wd, name, pc.patience),
                      checkpoint_dir=wd.prior_train_state(name), workdir=wd, tags={"prior": name}, checked=(metric,),
                      error=PriorError)
-    init = {**optim.init_state(tx, params), "ema": jax.tree.map(jnp.copy, params)}  # own buffers: donated
+    init = sharding.put({**optim.init_state(tx, params), "ema": jax.tree.map(jnp.copy, params)}, rep)  # own buffers
     try:
         state, _ = loop.resume(task, init)
     except CheckpointError:  # a train state saved before it carried "ema": resume it, averaging from now on
@@ -223,7 +240,7 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, *
     if int(state["step"]) > start and (last_epoch == pc.num_epochs or stopped_early(wd, name, pc.patience)):
         log_fit_time(wd, name, int(state["step"]), last_epoch, time.perf_counter() - t0)
     if checkpoint.latest(wd.prior_checkpoints(name)) is None:  # no epoch run (prior.num_epochs=0)
-        return nnx.merge(graphdef, state["params"])
+        return nnx.merge(graphdef, sharding.local_copy(state["params"]))
     return nnx.merge(graphdef, checkpoint.restore(wd.prior_checkpoints(name), {"prior": shapes})["prior"])  # the best
 
 
@@ -267,6 +284,9 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
             log.warning("%s; it is not in config.prior.name, so sample.py and vae.load will refuse it until it "
                         "is refitted (--config.prior.name=%s) or set aside", stale, other)
     eval_data = evaluation.EvalData(vae_config, dataset)
+    mesh = sharding.make_mesh(config.train.get("num_devices", 0))
+    shards = dataset.train_shards
+    num_latents = shards.count * shards.size if shards else len(dataset.train)  # every process's rows
     posteriors = training_posteriors(config, eval_data, model)
     z_val = eval_data.heldout_latents(model)
     fit_key = jax.random.key(config.seed + evaluation.SEEDS["prior_fit"])
@@ -280,9 +300,9 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
         prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed)
         key = jax.random.fold_in(fit_key, i)
         if spec.fit == "em":
-            fitted[name] = fit_em(config, wd, name, prior, posteriors, z_val, key)
+            fitted[name] = fit_em(config, wd, name, prior, posteriors, z_val, key, mesh)
         else:
-            fitted[name] = fit_gradient(config, wd, name, prior, posteriors, len(dataset.train), z_val, key,
+            fitted[name] = fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, mesh,
                                         max_epochs_this_run=max_epochs_this_run)
     return fitted
 

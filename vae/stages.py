@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 
 from vae import input_pipeline, loop, models, prior_stage, sharding, vae_stage
 from vae.errors import ConfigError, Stopped, TrainingError
@@ -37,6 +38,8 @@ def check_config(config) -> None:
         ("train.grad_clip_norm", tc.grad_clip_norm > 0, "> 0"),
         ("train.steps_per_call", tc.steps_per_call >= 0, ">= 0 (0: one call per epoch)"),
         ("train.eval_batch_size", tc.eval_batch_size >= 1, ">= 1"),
+        ("train.input_shards", tc.get("input_shards", 0) >= 0, ">= 0 (0: one per process)"),
+        ("train.heartbeat_timeout_seconds", tc.get("heartbeat_timeout_seconds", 100) >= 1, ">= 1"),
         ("train.data_placement", tc.get("data_placement", "auto") in ("auto", "device", "streamed"),
          "'auto', 'device' or 'streamed'"),
         ("train.compute_dtype", tc.get("compute_dtype", "float32") in models.COMPUTE_DTYPES,
@@ -66,23 +69,25 @@ def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None 
     if config.stage not in STAGES:
         raise TrainingError(f"config.stage={config.stage!r} is unknown; expected one of {STAGES}")
     check_config(config)
-    sharding.maybe_initialize_distributed(config.train)
+    sharding.initialize_distributed(config.train)  # before anything touches a device
     wd = Workdir(workdir)
     wd.ensure_writable()
     # Handlers cover setup and the gaps between stages too: a signal there stops the run
     # cleanly after the last saved checkpoint instead of killing it outright.
     with loop.stop_on_signals() as signals:
         dataset = input_pipeline.load_dataset(config.data)
+        # Several processes: each keeps only its own shards of the training split.
+        dataset = input_pipeline.keep_shards(dataset, sharding.input_shards(len(dataset.train), config.train))
         if config.stage in ("vae", "all"):
             state = vae_stage.train_vae(config, wd, dataset, max_epochs_this_run=max_epochs_this_run)
-            if signals:  # arrived after the last epoch's checkpoint
-                raise Stopped(signals[0], int(state["step"]), wd.checkpoints)
-            total = (len(dataset.train) // config.train.batch_size) * config.train.num_epochs
+            if loop.any_process(bool(signals)):  # arrived after the last epoch's checkpoint
+                raise Stopped(signals[0] if signals else signal.SIGTERM, int(state["step"]), wd.checkpoints)
+            total = dataset.train_shards.steps_per_epoch(config.train.batch_size) * config.train.num_epochs
             if config.stage == "all" and int(state["step"]) < total:
                 # A partly trained VAE: priors fitted now would go stale at the next epoch.
                 log.info("the VAE is at step %d of %d: stage 2 waits for it", int(state["step"]), total)
                 return
         if config.stage in ("prior", "all"):
             prior_stage.fit_priors(config, wd, dataset, max_epochs_this_run=max_epochs_this_run)
-            if signals:
-                raise Stopped(signals[0], None, wd.join("priors"))
+            if loop.any_process(bool(signals)):
+                raise Stopped(signals[0] if signals else signal.SIGTERM, None, wd.join("priors"))

@@ -33,13 +33,15 @@ class StepFunctions(NamedTuple):
     train_step: Callable  # (state, images_uint8, key) -> (state, metrics): one step, unjitted
 
 
-def make_step_functions(graphdef, tx, config, mesh=None) -> StepFunctions:
+def make_step_functions(graphdef, tx, config, mesh=None, shards=None) -> StepFunctions:
     """The jitted train epoch closed over the static model and optimizer.
 
     train_epoch(state, train_images, key, epoch, start=0, should_stop) -> (state, metrics):
     `train_images` is the device-resident uint8 split (batches gathered inside the jitted
-    call) or, on the streamed path, the host array (batches gathered and shipped per call,
-    prefetched). Both run the same train_step on the same batches and keys.
+    call) or, on the streamed path, this process's host rows (its pieces of each batch
+    gathered, assembled into global batches and shipped per call, prefetched). Both run the
+    same train_step on the same batches and keys; `shards` (`sharding.InputShards`, default
+    one shard of the whole split) says how the rows make up the batches.
     """
     binarize = config.data.binarize
     likelihood = models.likelihood_from_config(config.data)
@@ -66,7 +68,8 @@ def make_step_functions(graphdef, tx, config, mesh=None) -> StepFunctions:
         metrics["grad_norm"] = optax.global_norm(grads)
         return optim.apply_gradients(tx, state, grads), metrics
 
-    epoch_batches = jax.jit(functools.partial(loop.epoch_batch_indices, batch_size=tc.batch_size), static_argnums=2)
+    epoch_batches = jax.jit(lambda key, epoch, shards: shards.batch_indices(key, epoch, tc.batch_size),
+                            static_argnums=2)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def resident_chunk(state, train_images, batch_indices, key):
@@ -80,14 +83,16 @@ def make_step_functions(graphdef, tx, config, mesh=None) -> StepFunctions:
 
     def train_epoch(state, train_images, key, epoch, *, start=0, should_stop=lambda: False):
         """Epoch `epoch` from its step `start` on; stops early between calls if should_stop()."""
-        batches = epoch_batches(jax.random.fold_in(key, 1), epoch, train_images.shape[0])
+        rows = shards or sharding.InputShards(1, train_images.shape[0])
+        batches = epoch_batches(jax.random.fold_in(key, 1), epoch, rows)
         slices = loop.chunk_slices(batches.shape[0], tc.steps_per_call, start)
         if isinstance(train_images, jax.Array):
             chunks = (batches[s] for s in slices)
             return loop.run_chunks(lambda st, b: resident_chunk(st, train_images, b, key), state, chunks,
                                    should_stop=should_stop)
         host_batches = np.asarray(batches)  # the same permutation, gathered on the host
-        chunks = loop.prefetch(sharding.put(train_images[host_batches[s]], streamed_chunk_sharding) for s in slices)
+        chunks = loop.prefetch(sharding.put_local(train_images[host_batches[s]], streamed_chunk_sharding, 1)
+                               for s in slices)
         return loop.run_chunks(lambda st, b: streamed_chunk(st, b, key), state, chunks, should_stop=should_stop)
 
     return StepFunctions(train_epoch, train_step)
@@ -130,12 +135,14 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
     """
     wd.check_resumable(config)
     tc = config.train
-    steps_per_epoch = len(dataset.train) // tc.batch_size
+    shards = dataset.train_shards or sharding.InputShards(1, len(dataset.train))
+    steps_per_epoch = shards.steps_per_epoch(tc.batch_size)
     if steps_per_epoch < 1:
         raise TrainingError(
             f"config.train.batch_size={tc.batch_size} is larger than the training split ({len(dataset.train)})")
     mesh = sharding.make_mesh(tc.get("num_devices", 0))
     sharding.check_divisible(tc.batch_size, mesh, "train.batch_size")
+    sharding.check_divisible(tc.eval_batch_size, mesh, "train.eval_batch_size")
 
     graphdef, params = nnx.split(models.create_vae(config))
     tx = optim.make_optimizer(tc, steps_per_epoch * tc.num_epochs)
@@ -144,7 +151,7 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
     resident = sharding.device_resident(config, dataset.train.images, mesh)
     train_images = (sharding.put(dataset.train.images, sharding.replicated(mesh)) if resident
                     else dataset.train.images)
-    train_epoch = make_step_functions(graphdef, tx, config, mesh).train_epoch
+    train_epoch = make_step_functions(graphdef, tx, config, mesh, shards).train_epoch
     elbo_fn = evaluation.make_elbo_fn(graphdef, config)
     eval_data = evaluation.EvalData(config, dataset)
     best = -math.inf
@@ -155,11 +162,11 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
         results = {}
         for split in ("validation", "test"):
             m = evaluation.evaluate(elbo_fn, state["params"], eval_data.images(split), eval_data.elbo_key,
-                                    tc.eval_batch_size, bits_per_dim=not config.data.binarize)
+                                    tc.eval_batch_size, bits_per_dim=not config.data.binarize, mesh=mesh)
             wd.append_metrics({"step": step, "epoch": epoch, "split": split, **m})
             results[split] = m
         if jax.process_index() == 0:
-            save_image_grids(nnx.merge(graphdef, state["params"]), eval_data.images("test"),
+            save_image_grids(nnx.merge(graphdef, sharding.local_copy(state["params"])), eval_data.images("test"),
                              jax.random.fold_in(key, 3), wd.join("samples"), step, tc.num_sample_images)
         is_best = results["validation"]["elbo"] > best
         best = max(best, results["validation"]["elbo"])

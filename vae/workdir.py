@@ -12,11 +12,14 @@
   W/report/                      what sample.py writes
 
 Writers (the stages) and readers (sample.py, `vae.load`, diagnostics, experiments,
-benchmarks) all go through `Workdir`; readers open one with `workdir.open(W)`.
+benchmarks) all go through `Workdir`; readers open one with `workdir.open(W)`. Several
+processes: process 0 writes files, and every process enters and leaves each writing method
+together (`_collective`), so none reads a file while the writer changes it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -31,10 +34,9 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 import priors
-from vae import checkpoint, models, optim
+from vae import checkpoint, models, optim, sharding
 from vae.errors import CheckpointError, PriorError, TrainingError
 
 # Config sections that define the model and its data: a workdir written with other values
@@ -89,7 +91,18 @@ def code_version() -> dict:
 
 
 def _is_writer() -> bool:
-    return jax.process_index() == 0  # multi-host: one process writes files
+    return jax.process_index() == 0
+
+
+def _collective(write):
+    """Workdir methods that write (see the module docstring)."""
+    @functools.wraps(write)
+    def wrapped(*args, **kwargs):
+        sharding.barrier(f"before {write.__name__}")
+        result = write(*args, **kwargs)
+        sharding.barrier(f"after {write.__name__}")
+        return result
+    return wrapped
 
 
 class Workdir:
@@ -142,11 +155,8 @@ class Workdir:
             for k in sorted(set(old.get(section, {})) | set(new[section]))
             if old.get(section, {}).get(k) != new[section].get(k)
         ]
-        diffs += [
-            f"{'.'.join(key)}: {_get(old, key)!r} in workdir, {_get(new, key)!r} now"
-            for key in RESUME_KEYS
-            if _get(old, key) != _get(new, key)
-        ]
+        diffs += [f"{'.'.join(key)}: {_get(old, key)!r} in workdir, {_get(new, key)!r} now"
+                  for key in RESUME_KEYS if _get(old, key) != _get(new, key)]
         if diffs:
             raise TrainingError(
                 f"workdir {self.path} was written by a different model/data config, so it cannot "
@@ -154,6 +164,7 @@ class Workdir:
                 "this one aside and start over."
             )
 
+    @_collective
     def save_config(self, config) -> None:
         self.check_resumable(config)
         if _is_writer():
@@ -169,6 +180,7 @@ class Workdir:
 
     # ------------------------------------------------------------------ metrics
 
+    @_collective
     def _append_jsonl(self, name: str, record: dict) -> None:
         if _is_writer():
             with io.open(self.join(name), "a") as f:
@@ -187,6 +199,7 @@ class Workdir:
     def read_metrics(self) -> list[dict]:
         return self._read_jsonl("metrics.jsonl")
 
+    @_collective
     def rewind_metrics(self, step: int, *, prior: str | None = None) -> None:
         """Drops the records of one stage (the VAE's, or prior `prior`'s) logged after `step`:
         work a kill threw away, which the resumed run logs again."""
@@ -203,6 +216,7 @@ class Workdir:
     def invocations(self) -> list[dict]:
         return self._read_jsonl("runs.jsonl")
 
+    @_collective
     def write_best(self, step: int, elbo: float) -> None:
         if _is_writer():
             write_atomically(self.join("best_validation_elbo.json"), json.dumps({"step": step, "elbo": elbo}))
@@ -234,6 +248,7 @@ class Workdir:
 
     # ------------------------------------------------------------------ priors
 
+    @_collective
     def save_prior_config(self, config, name: str, latent_shape, fitted_to: dict) -> None:
         """priors/<name>/config.json: the prior's config, latent shape and the VAE checkpoint
         (`vae_fingerprint`) its latents came from."""
@@ -277,20 +292,19 @@ class Workdir:
                     f"but this VAE is {_describe(fitted_to)}")
         return None
 
+    @_collective
     def set_stale_prior_aside(self, name: str) -> str:
         """Moves a stale fit to W/stale_priors/<name>.<time>/ with its metrics records (nothing
         is deleted); returns where."""
         stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
         while os.path.exists(aside := self.join("stale_priors", f"{name}.{stamp}" + (f".{n}" if n else ""))):
-            n += 1
+            n += 1  # (only process 0's `aside` is used)
         if _is_writer():
             os.makedirs(os.path.dirname(aside), exist_ok=True)
             shutil.move(self.prior_dir(name), aside)
             records = [r for r in self.read_metrics() if r.get("prior") == name]
             write_atomically(os.path.join(aside, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
-            self.rewind_metrics(-1, prior=name)
-        if jax.process_count() > 1:  # no process may see the old fit once the writer moved it
-            multihost_utils.sync_global_devices(f"set aside prior {name}")
+        self.rewind_metrics(-1, prior=name)  # every process: it syncs, so none sees the old fit afterwards
         return aside
 
     def fitted_prior_names(self) -> list[str]:
@@ -321,8 +335,7 @@ class Workdir:
                 "checkpoint), or open this checkpoint without learned priors: vae.load(W, ..., learned_priors=False)")
         prior = priors.build(name, latent_shape, ml_collections.ConfigDict(record["prior"]), seed=record["seed"])
         graphdef, state = nnx.split(prior)
-        restored = checkpoint.restore(self.prior_checkpoints(name), {"prior": state}, kind="latest")
-        return nnx.merge(graphdef, restored["prior"])
+        return nnx.merge(graphdef, checkpoint.restore(self.prior_checkpoints(name), {"prior": state})["prior"])
 
 
 def open(path: str) -> Workdir:  # noqa: A001 - `workdir.open(W)` reads as what it does

@@ -20,8 +20,8 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
+from vae import multihost
 from vae.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,16 @@ def _is_finished(step_dir: str) -> bool:
 def steps(directory: str, kind: str = "latest") -> list[int]:
     """Steps of the finished checkpoints of `kind`, oldest first."""
     path = os.path.abspath(os.path.join(directory, kind))
-    if not os.path.isdir(path):
-        return []
     found = []
+    if not os.path.isdir(path):
+        return multihost.process_0_value(found)
     for step in ocp.utils.checkpoint_steps(path):
         if _is_finished(os.path.join(path, str(step))):
             found.append(step)
         else:
             log.warning("ignoring %s: not a finished checkpoint (missing %s)",
                         os.path.join(path, str(step)), " or ".join(_FINISHED_MARKERS))
-    return sorted(found)
+    return multihost.process_0_value(sorted(found))  # every process decides from the same list
 
 
 def _move_aside_unfinished(directory: str) -> None:
@@ -66,8 +66,7 @@ def _move_aside_unfinished(directory: str) -> None:
             aside = f"{step_dir}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}"
             os.replace(step_dir, aside)
             log.warning("moved the unfinished checkpoint directory %s to %s", step_dir, aside)
-    if jax.process_count() > 1:  # one process moves; the others save once it has
-        multihost_utils.sync_global_devices(f"unfinished checkpoints in {path}")
+    multihost.barrier(f"unfinished checkpoints in {path}")  # one process moves; the others save once it has
 
 
 def latest(directory: str, kind: str = "latest") -> int | None:

@@ -50,7 +50,10 @@ def _valid_sums(terms: dict, num_valid):
 
 def evaluate(elbo_fn, params, x, key, batch_size: int, *, bits_per_dim: bool = False, mesh=None) -> dict:
     """Mean ELBO terms over prepared images `x` (host array), in fixed-size batches; with a
-    `mesh` (every process passing the same x), each batch is split across its devices."""
+    `mesh` (every process passing the same x), each batch is split across its devices (the
+    batch size rounded up to a multiple of their number)."""
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.size) * mesh.size
     n = len(x)
     pad = (-n) % batch_size
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x

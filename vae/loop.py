@@ -34,11 +34,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vae import checkpoint
-from vae.errors import Stopped, TrainingError
+from vae.multihost import any_process
+from vae.errors import CheckpointError, Stopped, TrainingError
 
 log = logging.getLogger(__name__)
 _received: list[int] | None = None  # the active stop_on_signals list, if any
@@ -186,23 +186,20 @@ def find_non_finite(step_metrics: dict, first_step: int, names) -> tuple[int, st
     return None
 
 
-def any_process(flag: bool) -> bool:
-    """Whether `flag` is set in any process (in one process: `flag`). A collective: every
-    process asks at the same point, so all take the same branch after it."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-
-
 def _save_partial_epoch(task: Task, step: int, metrics: dict) -> None:
     """The per-step metrics of the epoch stopped at `step`, for the run that resumes it."""
     if jax.process_index() == 0:
         path = os.path.join(task.checkpoint_dir, "partial_epoch.json")
         record = {"step": step, "metrics": {k: [str(np.asarray(v).dtype), np.asarray(v).tolist()]
                                             for k, v in metrics.items()}}
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f)
-        os.replace(path + ".tmp", path)
+        try:
+            os.makedirs(task.checkpoint_dir, exist_ok=True)  # a stop in the first epoch comes before any save
+            with open(path + ".tmp", "w") as f:
+                json.dump(record, f)
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            raise CheckpointError(f"could not write {path} ({e.strerror or e}); the latest checkpoint "
+                                  f"(step {_latest(task)}) is intact and a rerun resumes from it") from e
 
 
 def _load_partial_epoch(task: Task, step: int) -> dict | None:

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 import priors
-from vae import checkpoint, evaluation, input_pipeline, loop, optim, sharding
+from vae import checkpoint, evaluation, input_pipeline, loop, multihost, optim, sharding
 from vae import workdir as workdir_lib
 from vae.errors import CheckpointError, PriorError
 
@@ -63,7 +63,7 @@ def training_posteriors(config, eval_data, model):
     'per_epoch' (index i: binarized afresh by fold_in(that seed, i), as stage 1 trained).
     Several processes: each encodes its own rows, and every one gets all the latents."""
     if config.prior.binarization == "once" or not eval_data.binarize:
-        mean, logvar = map(sharding.gather_rows, eval_data.posteriors(model, "train"))
+        mean, logvar = map(multihost.gather_rows, eval_data.posteriors(model, "train"))
         return lambda index: (mean, logvar)
     graphdef, params = nnx.split(model)
     images = jnp.asarray(eval_data.dataset.train.images)
@@ -79,7 +79,7 @@ def training_posteriors(config, eval_data, model):
         m, lv = jax.lax.map(nnx.merge(graphdef, params).encode, x)
         return m.reshape(-1, *m.shape[2:])[:num], lv.reshape(-1, *lv.shape[2:])[:num]
 
-    return lambda index: tuple(map(sharding.gather_rows, encode_fresh(params, images, index)))
+    return lambda index: tuple(map(multihost.gather_rows, encode_fresh(params, images, index)))
 
 
 def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
@@ -90,6 +90,7 @@ def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
         nll = evaluation.latent_nll(p, z_val)
         record[f"latent_nll/{label}"] = nll
         record[f"latent_nll_per_dim/{label}"] = nll / dims
+    record = multihost.process_0_value(record)  # model selection and early stopping agree everywhere
     wd.append_metrics(record)
     return record
 

@@ -25,10 +25,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vae import loop
+from vae.multihost import multiprocess
 from vae.errors import ConfigError
 
 DATA_AXIS = "data"
@@ -72,23 +72,13 @@ def initialize_distributed(train_config) -> None:
              jax.local_device_count(), jax.device_count())
 
 
-def multiprocess() -> bool:
-    return jax.process_count() > 1
-
-
-def barrier(name: str) -> None:
-    """Every process waits here for all the others (a no-op in one process)."""
-    if multiprocess():
-        multihost_utils.sync_global_devices(name)
-
-
 # ----------------------------------------------------------------------------- the mesh
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
     """A ("data",) mesh over the first `num_devices` devices (0: all of them, every
     process's; in process order, so process p's batch rows sit on its own devices)."""
-    devices = jax.devices()
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id)) if multiprocess() else jax.devices()
     if num_devices < 0 or num_devices > len(devices):
         raise ConfigError(
             f"config.train.num_devices={num_devices}: expected 0 (all) up to the {len(devices)} devices here")
@@ -137,13 +127,6 @@ def local_copy(tree):
     """Host (numpy) copies of replicated arrays, for code that runs in this process alone on
     its default device (held-out NLL, image grids), whatever mesh the arrays live on."""
     return jax.device_get(tree)
-
-
-def gather_rows(local):
-    """Every process's `local` rows (equal counts), concatenated in process order."""
-    if not multiprocess():
-        return local
-    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
 
 
 # ----------------------------------------------------------------------------- input

@@ -14,7 +14,7 @@ import functools
 import logging
 import signal
 
-from vae import input_pipeline, loop, models, prior_stage, sharding, vae_stage
+from vae import input_pipeline, loop, models, multihost, prior_stage, sharding, vae_stage
 from vae.errors import ConfigError, Stopped, TrainingError
 from vae.workdir import Workdir
 
@@ -80,7 +80,7 @@ def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None 
         dataset = input_pipeline.keep_shards(dataset, sharding.input_shards(len(dataset.train), config.train))
         if config.stage in ("vae", "all"):
             state = vae_stage.train_vae(config, wd, dataset, max_epochs_this_run=max_epochs_this_run)
-            if loop.any_process(bool(signals)):  # arrived after the last epoch's checkpoint
+            if multihost.any_process(bool(signals)):  # arrived after the last epoch's checkpoint
                 raise Stopped(signals[0] if signals else signal.SIGTERM, int(state["step"]), wd.checkpoints)
             total = dataset.train_shards.steps_per_epoch(config.train.batch_size) * config.train.num_epochs
             if config.stage == "all" and int(state["step"]) < total:
@@ -89,5 +89,5 @@ def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None 
                 return
         if config.stage in ("prior", "all"):
             prior_stage.fit_priors(config, wd, dataset, max_epochs_this_run=max_epochs_this_run)
-            if loop.any_process(bool(signals)):
+            if multihost.any_process(bool(signals)):
                 raise Stopped(signals[0] if signals else signal.SIGTERM, None, wd.join("priors"))

@@ -142,7 +142,6 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
             f"config.train.batch_size={tc.batch_size} is larger than the training split ({len(dataset.train)})")
     mesh = sharding.make_mesh(tc.get("num_devices", 0))
     sharding.check_divisible(tc.batch_size, mesh, "train.batch_size")
-    sharding.check_divisible(tc.eval_batch_size, mesh, "train.eval_batch_size")
 
     graphdef, params = nnx.split(models.create_vae(config))
     tx = optim.make_optimizer(tc, steps_per_epoch * tc.num_epochs)

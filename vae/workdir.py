@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 import priors
-from vae import checkpoint, models, optim, sharding
+from vae import checkpoint, models, multihost, optim
 from vae.errors import CheckpointError, PriorError, TrainingError
 
 # Config sections that define the model and its data: a workdir written with other values
@@ -94,13 +94,23 @@ def _is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def _read_json(path: str, lines: bool = False):
+    """The JSON file (JSON lines if `lines`) at `path`, None if it is missing: process 0's
+    reading, in every process (`multihost.process_0_value`)."""
+    value = None
+    if jax.process_index() == 0 and os.path.exists(path):
+        with io.open(path) as f:
+            value = [json.loads(line) for line in f if line.strip()] if lines else json.load(f)
+    return multihost.process_0_value(value)
+
+
 def _collective(write):
     """Workdir methods that write (see the module docstring)."""
     @functools.wraps(write)
     def wrapped(*args, **kwargs):
-        sharding.barrier(f"before {write.__name__}")
+        multihost.barrier(f"before {write.__name__}")
         result = write(*args, **kwargs)
-        sharding.barrier(f"after {write.__name__}")
+        multihost.barrier(f"after {write.__name__}")
         return result
     return wrapped
 
@@ -143,11 +153,9 @@ class Workdir:
     def check_resumable(self, config) -> None:
         """Refuses a workdir whose model/data config, seed or batch size differs from `config`
         (a resume would silently mix two runs)."""
-        path = self.join("config.json")
-        if not os.path.exists(path):
+        old = _read_json(self.join("config.json"))
+        if old is None:
             return
-        with io.open(path) as f:
-            old = json.load(f)
         new = json.loads(config.to_json())
         diffs = [
             f"{section}.{k}: {old.get(section, {}).get(k)!r} in workdir, {new[section].get(k)!r} now"
@@ -172,11 +180,10 @@ class Workdir:
             write_atomically(self.join("config.json"), config.to_json(indent=2))
 
     def load_config(self) -> ml_collections.ConfigDict:
-        path = self.join("config.json")
-        if not os.path.exists(path):
+        config = _read_json(self.join("config.json"))
+        if config is None:
             raise FileNotFoundError(f"{self.path} is not a training workdir: it has no config.json")
-        with io.open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(config)
 
     # ------------------------------------------------------------------ metrics
 
@@ -187,11 +194,7 @@ class Workdir:
                 f.write(json.dumps(record) + "\n")
 
     def _read_jsonl(self, name: str) -> list[dict]:
-        path = self.join(name)
-        if not os.path.exists(path):
-            return []
-        with io.open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return _read_json(self.join(name), lines=True) or []
 
     def append_metrics(self, record: dict) -> None:
         self._append_jsonl("metrics.jsonl", record)
@@ -255,24 +258,18 @@ class Workdir:
         path = os.path.join(self.prior_dir(name), "config.json")
         record = {"name": name, "latent_shape": list(latent_shape), "prior": json.loads(config.prior.to_json()),
                   "seed": config.seed, "fitted_to": fitted_to}
-        if os.path.exists(path):
-            with io.open(path) as f:
-                old = json.load(f)
-            if old["latent_shape"] != record["latent_shape"]:
-                raise PriorError(
-                    f"{path} is a prior for latent shape {tuple(old['latent_shape'])}, but this VAE's "
-                    f"latent shape is {tuple(latent_shape)}; delete {self.prior_dir(name)} to refit")
+        old = self.prior_record(name)
+        if old is not None and old["latent_shape"] != record["latent_shape"]:
+            raise PriorError(
+                f"{path} is a prior for latent shape {tuple(old['latent_shape'])}, but this VAE's "
+                f"latent shape is {tuple(latent_shape)}; delete {self.prior_dir(name)} to refit")
         if _is_writer():
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_atomically(path, json.dumps(record, indent=2))
 
     def prior_record(self, name: str) -> dict | None:
         """priors/<name>/config.json, or None if there is none."""
-        path = os.path.join(self.prior_dir(name), "config.json")
-        if not os.path.exists(path):
-            return None
-        with io.open(path) as f:
-            return json.load(f)
+        return _read_json(os.path.join(self.prior_dir(name), "config.json"))
 
     def _prior_record(self, name: str) -> dict:
         record = self.prior_record(name)
@@ -299,10 +296,10 @@ class Workdir:
         stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
         while os.path.exists(aside := self.join("stale_priors", f"{name}.{stamp}" + (f".{n}" if n else ""))):
             n += 1  # (only process 0's `aside` is used)
+        records = [r for r in self.read_metrics() if r.get("prior") == name]  # every process: a collective
         if _is_writer():
             os.makedirs(os.path.dirname(aside), exist_ok=True)
             shutil.move(self.prior_dir(name), aside)
-            records = [r for r in self.read_metrics() if r.get("prior") == name]
             write_atomically(os.path.join(aside, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
         self.rewind_metrics(-1, prior=name)  # every process: it syncs, so none sees the old fit afterwards
         return aside
@@ -310,7 +307,7 @@ class Workdir:
     def fitted_prior_names(self) -> list[str]:
         """Priors with a finished fit here, sorted."""
         root = self.join("priors")
-        names = os.listdir(root) if os.path.isdir(root) else []
+        names = multihost.process_0_value(sorted(os.listdir(root)) if os.path.isdir(root) else [])
         return sorted(n for n in names if checkpoint.latest(self.prior_checkpoints(n)) is not None)
 
     def prior_names(self) -> list[str]:

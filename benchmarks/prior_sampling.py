@@ -1,5 +1,7 @@
-"""Autoregressive prior sampling: naive (whole network per element) vs each prior's quick mode:
-the PixelCNN's 'fast' (row-local caches) and the transformer's 'cached' (a KV cache).
+"""Prior sampling speed. Autoregressive priors: naive (whole network per element) vs each
+prior's quick mode: the PixelCNN's 'fast' (row-local caches) and the transformer's 'cached'
+(a KV cache). The others (the RealNVP flow: one pass; diffusion: the reverse SDE's steps):
+n latents, beside one log_prob pass (diffusion's: the probability-flow ODE).
 
   python benchmarks/prior_sampling.py [--config configs/mnist.py] [--n 10000] [--n_naive 200]
 
@@ -36,6 +38,7 @@ def timed(fn, *args):
 
 
 MODES = {"pixelcnn": "fast", "transformer": "cached"}  # each autoregressive prior's quick sampler
+OTHERS = {"realnvp": "one pass", "diffusion": "reverse SDE"}  # non-autoregressive samplers
 
 
 def main(argv):
@@ -64,6 +67,18 @@ def main(argv):
         print(f"  one forward pass (log_prob) over {n} latents: {t_pass:.2f} s; {quick} sampling = "
               f"{t_quick / t_pass:.1f} passes")
         print(f"summary {name}: {quick}/naive = {quick_rate / naive_rate:.1f}x; {n} latents in {t_quick:.2f} s ({quick})")
+    for name, how in OTHERS.items():
+        prior = priors.build(name, shape, config.prior)
+        graphdef, state = nnx.split(prior)
+        sample = jax.jit(lambda s, k, n: nnx.merge(graphdef, s).sample(k, n), static_argnums=2)
+        log_prob = jax.jit(lambda s, z: nnx.merge(graphdef, s).log_prob(z))
+        key = jax.random.key(0)
+        t_sample = timed(sample, state, key, n)
+        t_pass = timed(log_prob, state, sample(state, key, n))
+        size = ", ".join(f"{k}={v}" for k, v in config.prior[name].items())
+        print(f"{name} on latent {shape} ({size}; {sum(x.size for x in jax.tree.leaves(state))} parameters)")
+        print(f"  {n} latents in {t_sample:.2f} s = {n / t_sample:.1f} samples/s; one log_prob pass {t_pass:.2f} s")
+        print(f"summary {name}: {n} latents in {t_sample:.2f} s ({how})")
 
 
 if __name__ == "__main__":

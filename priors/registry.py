@@ -7,6 +7,8 @@ A `Spec` says everything the rest of the codebase needs to know about a prior:
              'em':       `em(prior, key, z, section) -> (prior, log-likelihood per iteration)`
              'none':     nothing to fit (N(0, I)); always available to sample.py and vae.load
   config     defaults of config.prior.<name>; `smoke` overrides them in the smoke preset.
+  density    what log_prob returns: 'exact' (a normalized log-density) or 'estimate' (e.g. a
+             probability-flow ODE); the report labels numbers computed from an estimate.
 
 Adding a prior is one module in priors/ that calls `register(Spec(...))`; `configs/base.py`
 builds config.prior.<name> from the spec, and stage 2, sample.py and `vae.load` find it here.
@@ -28,11 +30,14 @@ class Spec:
     config: dict = dataclasses.field(default_factory=dict)
     smoke: dict = dataclasses.field(default_factory=dict)
     em: Callable | None = None
+    density: str = "exact"
     doc: str = ""
 
     def __post_init__(self):
         if self.fit not in FIT_KINDS:
             raise ValueError(f"prior {self.name!r}: fit={self.fit!r}; expected one of {FIT_KINDS}")
+        if self.density not in ("exact", "estimate"):
+            raise ValueError(f"prior {self.name!r}: density={self.density!r}; expected 'exact' or 'estimate'")
         if (self.fit == "em") != (self.em is not None):
             raise ValueError(f"prior {self.name!r}: an 'em' prior needs em=, and only it")
 

@@ -160,7 +160,8 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
     many epochs without a new best. The train state carries an exponential moving average of
     the parameters ("ema"; with `prior.ema_decay` = 0 it is the parameters, so the option can
     change between runs); `prior.ema_decay` > 0 evaluates and keeps it instead of the
-    parameters. A prior section with `dropout` > 0 gets a fresh dropout key every step.
+    parameters. A prior section with `dropout` > 0 gets a fresh dropout key every step; a
+    prior with a `fit_loss(z, key)` method is fitted by that objective instead of -log p.
     The steps are data-parallel over `mesh` (default: one device): latents and state
     replicated, each batch split."""
     mesh = mesh or sharding.make_mesh(1)
@@ -178,10 +179,16 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
     metric = f"latent_nll/{name}"
     dropout = float(pc[name].get("dropout", 0.0)) if name in pc else 0.0
     dropout_key = jax.random.fold_in(key, 2**31 - 1)  # a stream no epoch's fold_in(key, epoch) reaches
+    # A prior with its own training objective (`fit_loss(z, key)`, e.g. diffusion's denoising
+    # loss) is fitted by it, with a fresh key every step; the train records then carry it.
+    own_loss = hasattr(prior, "fit_loss")
+    loss_key, train_metric = jax.random.fold_in(key, 2**31 - 2), f"fit_loss/{name}" if own_loss else metric
 
     def train_step(state, z_batch):
         def loss_fn(p):
             model = nnx.merge(graphdef, p)
+            if own_loss:
+                return jnp.mean(model.fit_loss(z_batch, jax.random.fold_in(loss_key, state["step"])))
             if dropout > 0:
                 return -jnp.mean(model.log_prob(z_batch, dropout_key=jax.random.fold_in(dropout_key, state["step"])))
             return -jnp.mean(model.log_prob(z_batch))
@@ -191,7 +198,7 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
         t = state["step"].astype(jnp.float32)  # the average warms up: decay min(ema_decay, (1 + t) / (10 + t))
         d = jnp.minimum(pc.ema_decay, (1.0 + t) / (10.0 + t))
         new["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], new["params"])
-        return new, {metric: loss}
+        return new, {train_metric: loss}
 
     @jax.jit
     def epoch_data(epoch, draw_epoch, mean, logvar):
@@ -227,7 +234,7 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
 
     task = loop.Task(desc=f"prior {name}", steps_per_epoch=steps_per_epoch, num_epochs=pc.num_epochs,
                      run_epoch=run_epoch, end_epoch=end_epoch, converged=lambda: stopped_early(wd, name, pc.patience),
-                     checkpoint_dir=wd.prior_train_state(name), workdir=wd, tags={"prior": name}, checked=(metric,),
+                     checkpoint_dir=wd.prior_train_state(name), workdir=wd, tags={"prior": name}, checked=(train_metric,),
                      error=PriorError)
     init = sharding.put({**optim.init_state(tx, params), "ema": jax.tree.map(jnp.copy, params)}, rep)  # own buffers
     try:

@@ -6,6 +6,7 @@ comparison.png, report.json and report.md. Metrics per prior, on the test split 
 otherwise, each the mean over seeds with its sd beside it (report.json: `sd`, `per_seed`):
   nll_iwae / elbo        -log p(x) (k importance samples) and the ELBO, under that prior
   latent_nll             -log p(z), one z ~ q(z|x) per test image (the prior's own held-out fit)
+  (a prior whose log_prob is an estimate, `Spec.density`, is starred: numbers under it are too)
   average_kl, mutual_info, marginal_kl   ELBO surgery on the test posteriors (vae.analysis)
   fd_classifier, precision, recall        in the features of our classifier (vae.metrics), on
                                           equal-size sets: n_compared generated and real images
@@ -201,6 +202,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
                                         images=np.round(images * 255).astype(np.uint8))
             log.info("%s, seed %d: %s", name, seed, {k_: v for k_, v in r.items() if not isinstance(v, list)})
         results[name] = summarize(per_seed)
+        results[name]["density"] = priors.registry.get(name).density  # 'estimate': log_prob is not exact
 
     plotting.save_labelled_grids(grids, os.path.join(out_dir, "comparison.png"), ncol=8)
     report = {
@@ -264,7 +266,11 @@ def markdown_table(report: dict) -> str:
         "| --- |" + " --- |" * len(cols),
     ]
     for name, r in report["priors"].items():
-        lines.append(f"| {name} | " + " | ".join(cell(r, k) for k, _ in cols) + " |")
+        mark = "*" if r.get("density") == "estimate" else ""
+        lines.append(f"| {name}{mark} | " + " | ".join(cell(r, k) for k, _ in cols) + " |")
+    if any(r.get("density") == "estimate" for r in report["priors"].values()):
+        lines += ["", "\\* this prior's log_prob is an estimate (diffusion: the probability-flow ODE), so "
+                  "nll_iwae, ELBO, latent NLL and marginal_kl under it are estimates, not bounds."]
     if set(report["priors"]) <= set(priors.registry.names(fit="none")):
         lines += ["", "No learned prior is fitted in this workdir: fit one with "
                   "`python train.py --config <config> --workdir <W> --config.stage=prior --config.prior.name=gmm,pixelcnn`."]

@@ -29,6 +29,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.vae.channels = (32, 64)  # conv
     config.vae.beta = 1.0
     config.vae.kl = "analytic"  # or 'mc' (single-sample Monte-Carlo)
+    # The prior stage 1 trains with: 'normal' (N(0, I)), 'vamp' (VampPrior: a mixture of the
+    # encoder's posteriors at vamp_components learned pseudo-inputs), or a gradient prior of
+    # config.prior ('pixelcnn', 'transformer', 'made', 'realnvp') trained jointly in the ELBO
+    # from the first step (sized by config.prior.<name>; the KL is then a one-sample estimate).
+    config.vae.prior = "normal"
+    config.vae.vamp_components = 500
 
     config.train = ml_collections.ConfigDict()
     config.train.num_epochs = 30
@@ -98,6 +104,7 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.vae.latent_shape = (7, 7, 2)
     config.vae.channels = (8, 16)
     config.vae.hidden = (64,)
+    config.vae.vamp_components = 50
     config.train.num_epochs = 6
     config.train.learning_rate = 3e-3
     config.train.batch_size = 64

@@ -23,20 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae import input_pipeline, losses, models, sharding
+from vae import input_pipeline, losses, sharding
 
 SEEDS = {"validation": 1, "test": 2, "train_latents": 11, "heldout_draw": 12, "prior_fit": 13}  # + config.seed
 
 
 def make_elbo_fn(graphdef, config):
     """jitted (params, x, key) -> per-example ELBO terms, for prepared images x in [0, 1]."""
-    likelihood = models.likelihood_from_config(config.data)
 
     @jax.jit
     def elbo_terms(params, x, key):
-        model = nnx.merge(graphdef, params)
-        mean, logvar, z, out = model(x, key)
-        return losses.elbo(x, mean, logvar, z, out, likelihood, beta=config.vae.beta, kl=config.vae.kl)
+        return nnx.merge(graphdef, params).elbo(x, key, beta=config.vae.beta, kl=config.vae.kl)
 
     return elbo_terms
 

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import priors
 from vae import evaluation, input_pipeline, losses, models
 from vae import workdir as workdir_lib
 
@@ -42,8 +41,9 @@ class Run:
     def reconstruct(self, x):
         return self.decode(self.encode(x)[0])
 
-    def sample(self, key, n: int, prior: str = "standard_normal"):
-        """(latents, images) of n draws from the named prior."""
+    def sample(self, key, n: int, prior: str | None = None):
+        """(latents, images) of n draws from the named prior (default: the one the VAE trained with)."""
+        prior = prior or self.model.joint_prior_label or "standard_normal"
         if prior not in self.priors:
             raise KeyError(f"no prior {prior!r} in {self.workdir}; fitted: {sorted(self.priors)}")
         z = self.priors[prior].sample(key, n)
@@ -71,7 +71,5 @@ def load(workdir: str, *, step: int | None = None, kind: str = "best", learned_p
     wd = workdir_lib.open(workdir)
     config = wd.load_config()
     model, step, kind = wd.restore_vae(config, step=step, kind=kind)
-    names = wd.prior_names() if learned_priors else priors.registry.names(fit="none")
-    fitted_to = workdir_lib.vae_fingerprint(model, step)
-    fitted = {name: wd.load_prior(name, model.latent_shape, fitted_to) for name in names}
+    fitted = wd.load_priors(model, workdir_lib.vae_fingerprint(model, step), learned=learned_priors)
     return Run(wd.path, config, model, fitted, step, kind)

@@ -7,6 +7,12 @@ Two families:
 The posterior is a diagonal Gaussian (mean, log-variance). The decoder returns raw
 parameters per pixel; `vae.losses` turns them into a likelihood: 1 channel (Bernoulli
 logits) or 2 channels (discretized-logistic mean and log-scale).
+
+The prior stage 1 trains with (`config.vae.prior`): 'normal', N(0, I) with the analytic KL;
+'vamp', the VampPrior over this encoder (`priors.vamp`); or a registered gradient-fitted
+prior ('pixelcnn', 'transformer', 'made', 'realnvp'), built from config.prior.<name> and
+trained jointly with the VAE, the KL then a single-sample estimate log q(z|x) - log p(z).
+The learned prior lives in the VAE (`VAE.prior`), so it is in every checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import priors
+from priors.vamp import VampPrior
+from vae import losses
 from vae.errors import ConfigError
 from vae.idx import IMAGE_SHAPE
 
@@ -24,6 +33,12 @@ LIKELIHOOD_CHANNELS = {"bernoulli": 1, "logistic": 2}
 # Mixed precision: layers compute in this dtype; parameters, the posterior and the decoder
 # output (hence the loss) stay float32.
 COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _posterior(out):
+    """Encoder output -> (mean, logvar) in float32, logvar clipped so exp(logvar) stays finite."""
+    mean, logvar = jnp.split(out.astype(jnp.float32), 2, axis=-1)
+    return mean, jnp.clip(logvar, -12.0, 8.0)
 
 
 class MLPEncoder(nnx.Module):
@@ -36,7 +51,7 @@ class MLPEncoder(nnx.Module):
         h = x.reshape(x.shape[0], -1)
         for layer in self.layers:
             h = nnx.gelu(layer(h))
-        return jnp.split(self.out(h), 2, axis=-1)
+        return _posterior(self.out(h))
 
 
 class MLPDecoder(nnx.Module):
@@ -74,7 +89,7 @@ class ConvEncoder(nnx.Module):
     def __call__(self, x):
         h = nnx.gelu(self.down1(x))
         h = nnx.gelu(self.down2(h))
-        return jnp.split(self.out(h), 2, axis=-1)
+        return _posterior(self.out(h))
 
 
 class ConvDecoder(nnx.Module):
@@ -93,19 +108,39 @@ class ConvDecoder(nnx.Module):
 
 
 class VAE(nnx.Module):
-    """q(z|x) = N(mean, exp(logvar)) and a decoder giving p(x|z)'s parameters."""
+    """q(z|x) = N(mean, exp(logvar)), a decoder giving p(x|z)'s parameters, and the prior p(z)
+    it trains with: N(0, I) (`prior` None) or a learned one, trained jointly (`prior_name`)."""
 
-    def __init__(self, encoder, decoder, latent_shape, likelihood):
+    def __init__(self, encoder, decoder, latent_shape, likelihood, prior=None, prior_name: str = "normal"):
         self.encoder = encoder
         self.decoder = decoder
         self.latent_shape = tuple(latent_shape)
         self.likelihood = likelihood
+        self.prior = prior
+        self.prior_name = prior_name
+
+    @property
+    def joint_prior_label(self) -> str | None:
+        """How reports name the prior trained with this VAE ('joint_<name>'); None for N(0, I)."""
+        return None if self.prior is None else f"joint_{self.prior_name}"
 
     def encode(self, x):
-        """x: (B, 28, 28, 1) in [0, 1] -> mean, logvar: (B, *latent_shape)."""
-        mean, logvar = self.encoder(x)
-        mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
-        return mean, jnp.clip(logvar, -12.0, 8.0)  # keeps exp(logvar) finite in fp32
+        """x: (B, 28, 28, 1) in [0, 1] -> mean, logvar: (B, *latent_shape), float32."""
+        return self.encoder(x)
+
+    def log_prior(self, z):
+        """log p(z) under the prior the VAE trains with -> (B,)."""
+        return losses.standard_normal_log_prob(z) if self.prior is None else self.prior.log_prob(z)
+
+    def sample_prior(self, key, n: int):
+        return jax.random.normal(key, (n, *self.latent_shape)) if self.prior is None else self.prior.sample(key, n)
+
+    def elbo(self, x, key, *, beta: float = 1.0, kl: str = "analytic"):
+        """The ELBO terms (`losses.elbo`) of images x with one z ~ q(z|x) drawn from `key`; under
+        a learned prior the KL is the single-sample estimate at that z."""
+        mean, logvar, z, out = self(x, key)
+        log_prior = None if self.prior is None else self.prior.log_prob
+        return losses.elbo(x, mean, logvar, z, out, self.likelihood, beta=beta, kl=kl, log_prior=log_prior)
 
     def decode(self, z):
         """z: (B, *latent_shape) -> decoder output (B, 28, 28, channels), float32."""
@@ -157,7 +192,40 @@ def build_vae(config, image_shape, *, rngs: nnx.Rngs, compute_dtype: str = "floa
         channels = tuple(vc.channels)
         encoder = ConvEncoder(image_shape, channels, latent_shape[-1], rngs=rngs, dtype=dtype)
         decoder = ConvDecoder(image_shape, channels, latent_shape[-1], out_channels, rngs=rngs, dtype=dtype)
-    return VAE(encoder, decoder, latent_shape, likelihood)
+    prior_name = vc.get("prior", "normal")
+    return VAE(encoder, decoder, latent_shape, likelihood, build_stage1_prior(config, prior_name, encoder,
+                                                                               image_shape, latent_shape, rngs),
+               prior_name)
+
+
+def stage1_priors() -> tuple[str, ...]:
+    """What config.vae.prior may name: N(0, I), the VampPrior, or a registered prior fitted by
+    gradient with an exact log-density (one that can sit in the ELBO)."""
+    joint = [n for n in priors.registry.names(fit="gradient") if priors.registry.get(n).density == "exact"]
+    return ("normal", "vamp", *joint)
+
+
+def build_stage1_prior(config, name: str, encoder, image_shape, latent_shape, rngs):
+    """The learned prior config.vae.prior names (None for 'normal', N(0, I))."""
+    if name == "normal":
+        return None
+    if name == "vamp":
+        return VampPrior(encoder, image_shape, latent_shape, int(config.vae.get("vamp_components", 500)), rngs=rngs)
+    if name not in stage1_priors():
+        raise ConfigError(f"config.vae.prior={name!r}; expected one of {stage1_priors()}: 'normal', 'vamp' or a "
+                          "gradient-fitted prior with an exact log-density, trained jointly")
+    section = config.prior.get(name) if "prior" in config else None
+    if section is None and priors.registry.get(name).config:
+        raise ConfigError(f"config.prior.{name} is missing: the hyper-parameters of the prior config.vae.prior "
+                          "names")
+    try:
+        prior = priors.registry.get(name).build(tuple(latent_shape), section, rngs)
+    except ValueError as e:
+        raise ConfigError(f"config.vae.prior={name!r}: {e}") from None
+    if hasattr(prior, "fit_loss"):
+        raise ConfigError(f"config.vae.prior={name!r} is fitted by its own objective, not by log p(z): it cannot "
+                          "be trained in the ELBO")
+    return prior
 
 
 def create_vae(config, seed: int | None = None) -> VAE:

@@ -75,12 +75,11 @@ def _open(workdir: str):
     config = wd.load_config()
     vae, vae_step, _ = wd.restore_vae(config)
     fitted_to = workdir_lib.vae_fingerprint(vae, vae_step)
-    names = wd.prior_names()
+    fitted = wd.load_priors(vae, fitted_to)  # refuses stale priors
     if not wd.fitted_prior_names():
         log.warning("no learned prior fitted in %s: reporting %s only. Fit one with: python train.py "
                     "--config <config> --workdir %s --config.stage=prior --config.prior.name=gmm,pixelcnn",
-                    wd.path, ", ".join(names), wd.path)
-    fitted = {n: wd.load_prior(n, vae.latent_shape, fitted_to) for n in names}  # refuses stale priors
+                    wd.path, ", ".join(fitted), wd.path)
     return wd, config, vae, fitted_to, fitted, input_pipeline.load_dataset(config.data)
 
 
@@ -202,7 +201,8 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
                                         images=np.round(images * 255).astype(np.uint8))
             log.info("%s, seed %d: %s", name, seed, {k_: v for k_, v in r.items() if not isinstance(v, list)})
         results[name] = summarize(per_seed)
-        results[name]["density"] = priors.registry.get(name).density  # 'estimate': log_prob is not exact
+        # 'estimate': log_prob is not exact (a prior trained with the VAE has an exact one)
+        results[name]["density"] = priors.registry.get(name).density if name in priors.registry.names() else "exact"
 
     plotting.save_labelled_grids(grids, os.path.join(out_dir, "comparison.png"), ncol=8)
     report = {
@@ -213,7 +213,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "k": k,
         "seeds": seeds,
         "vae": {"arch": config.vae.arch, "latent_shape": list(vae.latent_shape), "likelihood": vae.likelihood,
-                "workdir": wd.path, "checkpoint": fitted_to},
+                "trained_with_prior": vae.prior_name, "workdir": wd.path, "checkpoint": fitted_to},
         "priors": results,
         "data_labels": data_labels,
         "classifier": {"test_accuracy": clf_acc},
@@ -271,6 +271,10 @@ def markdown_table(report: dict) -> str:
     if any(r.get("density") == "estimate" for r in report["priors"].values()):
         lines += ["", "\\* this prior's log_prob is an estimate (diffusion: the probability-flow ODE), so "
                   "nll_iwae, ELBO, latent NLL and marginal_kl under it are estimates, not bounds."]
+    joint = [n for n in report["priors"] if n not in priors.registry.names()]
+    if joint:
+        lines += ["", f"{', '.join(joint)}: the prior the VAE was trained with (config.vae.prior), in the ELBO from "
+                  "the first step; the others are N(0, I) and priors fitted afterwards to the frozen encoder."]
     if set(report["priors"]) <= set(priors.registry.names(fit="none")):
         lines += ["", "No learned prior is fitted in this workdir: fit one with "
                   "`python train.py --config <config> --workdir <W> --config.stage=prior --config.prior.name=gmm,pixelcnn`."]

@@ -1,6 +1,6 @@
 """The orchestrator: `train_and_evaluate(config, workdir)` runs the stages `config.stage` names.
 
-  'vae'    stage 1, `vae_stage.train_vae`: the VAE with the N(0, I) prior
+  'vae'    stage 1, `vae_stage.train_vae`: the VAE with its prior (N(0, I), or config.vae.prior)
   'prior'  stage 2, `prior_stage.fit_priors`: learned priors on the frozen VAE's latents
   'all'    both, in that order (README's main job)
 
@@ -31,6 +31,9 @@ def check_config(config) -> None:
         ("data.num_train", config.data.num_train >= 0, ">= 0 (0: all)"),
         ("vae.beta", config.vae.beta >= 0, ">= 0"),
         ("vae.kl", config.vae.kl in ("analytic", "mc"), "'analytic' or 'mc'"),
+        ("vae.prior", config.vae.get("prior", "normal") in models.stage1_priors(),
+         " or ".join(repr(p) for p in models.stage1_priors())),
+        ("vae.vamp_components", config.vae.get("vamp_components", 500) >= 1, ">= 1"),
         ("train.num_epochs", tc.num_epochs >= 0, ">= 0"),
         ("train.batch_size", tc.batch_size >= 1, ">= 1"),
         ("train.learning_rate", tc.learning_rate > 0, "> 0"),

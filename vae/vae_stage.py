@@ -44,7 +44,6 @@ def make_step_functions(graphdef, tx, config, mesh=None, shards=None) -> StepFun
     one shard of the whole split) says how the rows make up the batches.
     """
     binarize = config.data.binarize
-    likelihood = models.likelihood_from_config(config.data)
     tc = config.train
     mesh = mesh or sharding.make_mesh(1)
     per_step_batch = sharding.batch_sharding(mesh)  # (B, H, W, C)
@@ -55,8 +54,7 @@ def make_step_functions(graphdef, tx, config, mesh=None, shards=None) -> StepFun
         model = nnx.merge(graphdef, params)
         key_bin, key_z = jax.random.split(key)
         x = input_pipeline.prepare_images(images_uint8, key_bin, binarize)
-        mean, logvar, z, out = model(x, key_z)
-        terms = losses.elbo(x, mean, logvar, z, out, likelihood, beta=config.vae.beta, kl=config.vae.kl)
+        terms = model.elbo(x, key_z, beta=config.vae.beta, kl=config.vae.kl)
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
         return metrics["loss"], metrics
 
@@ -98,11 +96,12 @@ def make_step_functions(graphdef, tx, config, mesh=None, shards=None) -> StepFun
     return StepFunctions(train_epoch, train_step)
 
 
-def save_image_grids(model, x_eval, key, samples_dir: str, step: int, n: int) -> None:
+def save_image_grids(model, x_eval, z, samples_dir: str, step: int) -> None:
+    """Reconstructions of the first len(z) evaluation images, and the decoded latents z."""
+    n = len(z)
     x = jnp.asarray(x_eval[:n])
     mean, _ = model.encode(x)
     recon = losses.decoder_mean(model.likelihood, model.decode(mean))
-    z = jax.random.normal(key, (n, *model.latent_shape))
     samples = losses.decoder_mean(model.likelihood, model.decode(z))
     ncol = 8  # rows alternate: 8 originals, then their 8 reconstructions
     rows = n // ncol
@@ -152,6 +151,7 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
                     else dataset.train.images)
     train_epoch = make_step_functions(graphdef, tx, config, mesh, shards).train_epoch
     elbo_fn = evaluation.make_elbo_fn(graphdef, config)
+    sample_prior = jax.jit(lambda p, k: nnx.merge(graphdef, p).sample_prior(k, tc.num_sample_images))
     eval_data = evaluation.EvalData(config, dataset)
     best = -math.inf
 
@@ -165,8 +165,9 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
             wd.append_metrics({"step": step, "epoch": epoch, "split": split, **m})
             results[split] = m
         if jax.process_index() == 0:
-            save_image_grids(nnx.merge(graphdef, sharding.local_copy(state["params"])), eval_data.images("test"),
-                             jax.random.fold_in(key, 3), wd.join("samples"), step, tc.num_sample_images)
+            params = sharding.local_copy(state["params"])
+            z = sample_prior(params, jax.random.fold_in(key, 3))  # from the prior the VAE trains with
+            save_image_grids(nnx.merge(graphdef, params), eval_data.images("test"), z, wd.join("samples"), step)
         is_best = results["validation"]["elbo"] > best
         best = max(best, results["validation"]["elbo"])
         return results["validation"]["elbo"], is_best

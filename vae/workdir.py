@@ -310,9 +310,14 @@ class Workdir:
         names = multihost.process_0_value(sorted(os.listdir(root)) if os.path.isdir(root) else [])
         return sorted(n for n in names if checkpoint.latest(self.prior_checkpoints(n)) is not None)
 
-    def prior_names(self) -> list[str]:
-        """Every prior this run can sample from: those that need no fit (N(0, I)), then the fitted."""
-        return [*priors.registry.names(fit="none"), *self.fitted_prior_names()]
+    def load_priors(self, vae, fitted_to: dict, *, learned: bool = True) -> dict:
+        """{name: prior} for `vae` (`fitted_to` its fingerprint): N(0, I), the learned prior it trained
+        with ('joint_<name>'), then if `learned` each prior fitted to it (stale: refused)."""
+        out = {n: priors.build(n, vae.latent_shape) for n in priors.registry.names(fit="none")}
+        if vae.joint_prior_label:
+            out[vae.joint_prior_label] = vae.prior
+        return out | ({n: self.load_prior(n, vae.latent_shape, fitted_to) for n in self.fitted_prior_names()}
+                      if learned else {})
 
     def load_prior(self, name: str, latent_shape, fitted_to: dict | None = None):
         """A prior for this VAE's `latent_shape`: built, and restored if it is fitted. With

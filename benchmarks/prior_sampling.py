@@ -1,6 +1,7 @@
 """Prior sampling speed. Autoregressive priors: naive (whole network per element) vs each
 prior's quick mode: the PixelCNN's 'fast' (row-local caches) and the transformer's 'cached'
-(a KV cache). The others (the RealNVP flow: one pass; diffusion: the reverse SDE's steps):
+(a KV cache). The others (the RealNVP flow: one pass; diffusion: the reverse SDE's steps;
+the VampPrior of a `config.vae.prior=vamp` VAE: one encoder pass over its pseudo-inputs):
 n latents, beside one log_prob pass (diffusion's: the probability-flow ODE).
 
   python benchmarks/prior_sampling.py [--config configs/mnist.py] [--n 10000] [--n_naive 200]
@@ -17,12 +18,13 @@ import platform
 import time
 
 import jax
+import ml_collections
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
 import priors
-from vae import cli
+from vae import cli, models
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config file[:preset].",
                                           lock_config=True)
@@ -38,7 +40,16 @@ def timed(fn, *args):
 
 
 MODES = {"pixelcnn": "fast", "transformer": "cached"}  # each autoregressive prior's quick sampler
-OTHERS = {"realnvp": "one pass", "diffusion": "reverse SDE"}  # non-autoregressive samplers
+OTHERS = {"realnvp": "one pass", "diffusion": "reverse SDE", "vamp": "one encoder pass"}  # non-autoregressive
+
+
+def build(name, config):
+    """The prior `name` at its default size; 'vamp' is the prior of a VAE trained with it."""
+    if name != "vamp":
+        return priors.build(name, tuple(config.vae.latent_shape), config.prior)
+    vamp_config = ml_collections.ConfigDict(config.to_dict())
+    vamp_config.vae.prior = "vamp"
+    return models.create_vae(vamp_config).prior
 
 
 def main(argv):
@@ -68,14 +79,15 @@ def main(argv):
               f"{t_quick / t_pass:.1f} passes")
         print(f"summary {name}: {quick}/naive = {quick_rate / naive_rate:.1f}x; {n} latents in {t_quick:.2f} s ({quick})")
     for name, how in OTHERS.items():
-        prior = priors.build(name, shape, config.prior)
+        prior = build(name, config)
         graphdef, state = nnx.split(prior)
         sample = jax.jit(lambda s, k, n: nnx.merge(graphdef, s).sample(k, n), static_argnums=2)
         log_prob = jax.jit(lambda s, z: nnx.merge(graphdef, s).log_prob(z))
         key = jax.random.key(0)
         t_sample = timed(sample, state, key, n)
         t_pass = timed(log_prob, state, sample(state, key, n))
-        size = ", ".join(f"{k}={v}" for k, v in config.prior[name].items())
+        size = (", ".join(f"{k}={v}" for k, v in config.prior[name].items()) if name != "vamp"
+                else f"{config.vae.vamp_components} pseudo-inputs, the VAE's encoder")
         print(f"{name} on latent {shape} ({size}; {sum(x.size for x in jax.tree.leaves(state))} parameters)")
         print(f"  {n} latents in {t_sample:.2f} s = {n / t_sample:.1f} samples/s; one log_prob pass {t_pass:.2f} s")
         print(f"summary {name}: {n} latents in {t_sample:.2f} s ({how})")

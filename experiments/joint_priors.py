@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from vae import classifier, cli, input_pipeline, models, report, stages
 from vae import workdir as workdir_lib
+from vae.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment's config file[:preset] (as for train.py).")
 _OUT = flags.DEFINE_string("out", None, "Output directory (one workdir per recipe and seed under it).")
@@ -54,10 +55,10 @@ def recipe_config(base, recipe: str, seed: int, posthoc):
     elif recipe == "vamp" or recipe.startswith("joint_"):
         config.vae.prior, config.stage = recipe.removeprefix("joint_"), "vae"
         if config.vae.prior not in models.stage1_priors()[1:]:
-            raise app.UsageError(f"--recipes: {recipe!r} trains no learned prior; the stage-1 priors are "
+            raise ConfigError(f"--recipes: {recipe!r} trains no learned prior; the stage-1 priors are "
                                  f"{models.stage1_priors()[1:]} (joint_<name>, or vamp)")
     else:
-        raise app.UsageError(f"--recipes: unknown recipe {recipe!r}; expected two_stage, vamp or joint_<prior>")
+        raise ConfigError(f"--recipes: unknown recipe {recipe!r}; expected two_stage, vamp or joint_<prior>")
     return config
 
 

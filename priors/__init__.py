@@ -1,7 +1,9 @@
 """Priors over VAE latents, all with one small interface (`Prior`), found by name in a registry.
 
-A prior is fitted by maximum likelihood to latents of a frozen encoder; nothing here
-imports training code. Each module registers itself (see `priors.registry`); importing this
+A prior is fitted by maximum likelihood to latents of a frozen encoder (stage 2), or trained
+with the VAE in its ELBO (stage 1, `config.vae.prior`: any gradient-fitted prior here, or
+`vamp`, the VampPrior over the VAE's own encoder, which the VAE builds and the registry does
+not list); nothing here imports training code. Each module registers itself (see `priors.registry`); importing this
 package imports every module in it, so a new prior is one new file.
 `build(name, latent_shape, prior_config)` makes one from config.prior.
 """
@@ -28,7 +30,7 @@ from priors.transformer import Transformer  # noqa: E402
 
 __all__ = ["GMM", "MADE", "NAMES", "BASELINE", "PixelCNN", "Prior", "StandardNormal", "Transformer", "build", "registry"]
 NAMES = registry.names()
-BASELINE = "standard_normal"  # the prior the VAE was trained with; every report scores it beside the others
+BASELINE = "standard_normal"  # N(0, I), the default stage-1 prior; every report scores it beside the others
 
 
 class Prior(Protocol):

@@ -1,4 +1,5 @@
-"""experiments/prior_seeds.py: every prior fitted with several seeds to one VAE, mean ± sd."""
+"""experiments/prior_seeds.py (every prior fitted with several seeds to one VAE) and
+experiments/joint_priors.py (post-hoc vs jointly trained priors over training seeds): mean ± sd."""
 
 import json
 
@@ -27,3 +28,35 @@ def test_prior_seeds_fits_each_seed_once_and_reports_mean_and_sd(smoke_workdir, 
     again = run_cli(args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((work / "prior_seeds" / "summary.json").read_text())["priors"]["gmm"]["latent_nll"] == gmm["latent_nll"]
+
+
+def test_joint_priors_trains_each_recipe_per_seed_and_reports_mean_and_sd(smoke_report, smoke_workdir, tmp_path,
+                                                                            mnist_dir):
+    import shutil
+
+    out = tmp_path / "joint"
+    shutil.copytree(smoke_workdir / "classifier", out / "classifier")  # the data's classifier, reused
+    args = ["experiments/joint_priors.py", "--config", "configs/mnist_mlp.py:smoke", f"--config.data.idx_dir={mnist_dir}",
+            "--config.train.num_epochs=2", "--out", str(out), "--seeds", "0,1", "--recipes", "two_stage,joint_made",
+            "--posthoc", "gmm", "--n", "200", "--k", "2"]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {(r["recipe"], r["prior"]): r for r in summary["rows"]}
+    assert list(rows) == [("two_stage", "standard_normal"), ("two_stage", "gmm"),
+                          ("joint_made", "standard_normal"), ("joint_made", "joint_made")]
+    joint = rows["joint_made", "joint_made"]
+    assert len(joint["nll_iwae"]["values"]) == 2 and joint["nll_iwae"]["sd"] > 0 and joint["vae_seconds"]["mean"] > 0
+    assert "fit_seconds" in rows["two_stage", "gmm"] and "fit_seconds" not in joint
+    config = json.loads((out / "joint_made" / "seed_1" / "config.json").read_text())
+    assert (config["vae"]["prior"], config["seed"]) == ("made", 1)
+    assert "| joint_made | joint_made |" in (out / "summary.md").read_text()
+    # a rerun resumes: nothing is retrained, the same numbers come out
+    before = snapshot(out / "joint_made" / "seed_0" / "checkpoints")
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert snapshot(out / "joint_made" / "seed_0" / "checkpoints") == before
+    assert json.loads((out / "summary.json").read_text())["rows"] == summary["rows"]
+
+    bad = run_cli([*args[:-8], "--recipes", "joint_gmm"])
+    assert bad.returncode == 2 and "joint_gmm" in bad.stderr and "stage-1 priors" in bad.stderr

@@ -15,6 +15,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "mnist"
     config.data.idx_dir = ""  # local IDX .gz files; empty: TFDS / known local places
+    # Colour datasets (cifar10, svhn_cropped, celeb_a): a directory of their canonical files
+    # (vae/colour_data.py says which); empty: TFDS (prepared, or downloaded).
+    config.data.local_dir = ""
     config.data.tfds_data_dir = ""  # empty: TFDS's default
     config.data.binarize = True  # dynamic binarization + Bernoulli; False: 8-bit + logistic
     config.data.validation_size = 5000  # carved from train by split_seed

@@ -113,3 +113,12 @@ def test_fashion_mnist_found_in_debian_location_without_flags():
     ds = input_pipeline.load_dataset(data_config(name="fashion_mnist", validation_size=5000))
     assert (len(ds.train), len(ds.validation), len(ds.test)) == (55000, 5000, 10000)
     assert str(FASHION_DIR) in ds.source or "TFDS" in ds.source
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn_cropped", "celeb_a"])
+def test_colour_dataset_offline_without_local_files_names_local_dir(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(input_pipeline, "_network_reachable", lambda host, timeout=3.0: False)
+    with pytest.raises(DataError, match="--config.data.local_dir"):
+        input_pipeline.load_dataset(data_config(name=name, binarize=False, tfds_data_dir=str(tmp_path)))
+    with pytest.raises(DataError, match="config.data.idx_dir is for MNIST"):
+        input_pipeline.load_dataset(data_config(name=name, binarize=False, idx_dir=str(tmp_path)))

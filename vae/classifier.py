@@ -17,17 +17,19 @@ import optax
 from flax import nnx
 
 from vae import checkpoint, input_pipeline, loop, optim
+from vae.errors import DataError
 
 FEATURES = 128
 
 
 class CNN(nnx.Module):
-    def __init__(self, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(1, 32, (3, 3), rngs=rngs)
+    def __init__(self, image_shape=(28, 28, 1), num_classes: int = 10, *, rngs: nnx.Rngs):
+        h, w, c = image_shape
+        self.conv1 = nnx.Conv(c, 32, (3, 3), rngs=rngs)
         self.conv2 = nnx.Conv(32, 64, (3, 3), strides=2, rngs=rngs)  # 28 -> 14
         self.conv3 = nnx.Conv(64, 64, (3, 3), strides=2, rngs=rngs)  # 14 -> 7
-        self.dense = nnx.Linear(7 * 7 * 64, FEATURES, rngs=rngs)
-        self.out = nnx.Linear(FEATURES, input_pipeline.NUM_CLASSES, rngs=rngs)
+        self.dense = nnx.Linear(-(-h // 4) * -(-w // 4) * 64, FEATURES, rngs=rngs)
+        self.out = nnx.Linear(FEATURES, num_classes, rngs=rngs)
 
     def features(self, x):
         h = nnx.relu(self.conv1(x))
@@ -37,6 +39,14 @@ class CNN(nnx.Module):
 
     def __call__(self, x):
         return self.out(self.features(x))
+
+
+def _num_classes(dataset) -> int:
+    classes = input_pipeline.CLASSES[dataset.name]
+    if not classes:
+        raise DataError(f"{dataset.name} has no class labels, so the classifier whose features define "
+                        "fd_classifier, precision/recall and label statistics cannot be trained on it")
+    return classes
 
 
 def train_config(num_epochs: int = 4):
@@ -59,7 +69,7 @@ def _apply(graphdef, fn):
 def train(dataset, seed: int = 0, num_epochs: int = 4):
     """Returns (model, test_accuracy)."""
     tc = train_config(num_epochs)
-    model = CNN(rngs=nnx.Rngs(seed))
+    model = CNN(dataset.image_shape, _num_classes(dataset), rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
     images = jnp.asarray(dataset.train.images)
     labels = jnp.asarray(dataset.train.labels)
@@ -97,7 +107,7 @@ def accuracy(model, split) -> float:
 def load_or_train(cdir: str, dataset, seed: int = 0):
     """(model, test_accuracy), cached in `cdir` (a run's W/classifier/)."""
     info_path = os.path.join(cdir, "info.json")
-    model = CNN(rngs=nnx.Rngs(seed))
+    model = CNN(dataset.image_shape, _num_classes(dataset), rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
     if os.path.exists(info_path) and checkpoint.latest(os.path.join(cdir, "checkpoints")) is not None:
         with open(info_path) as f:

@@ -1,16 +1,18 @@
-"""Datasets as numpy arrays: MNIST and Fashion-MNIST from local IDX files or TFDS.
+"""Datasets as numpy arrays: MNIST and Fashion-MNIST (28x28 grey) from local IDX files or
+TFDS; CIFAR-10, SVHN and CelebA-64 (colour) from their canonical files or TFDS.
 
-Images stay uint8 (N, 28, 28, 1) on the host and on the device; the training step turns
+Images stay uint8 (N, H, W, C) on the host and on the device; the training step turns
 them into floats in [0, 1] (or binarizes them dynamically), so a whole MNIST-sized split
 costs 47 MB of device memory, not 188 MB.
 
 Where the data comes from, in order (`resolve_source`):
-  1. `config.data.idx_dir`, when given (IDX `.gz` files, read with numpy, no TensorFlow);
+  1. `config.data.idx_dir` (MNIST, Fashion-MNIST: IDX `.gz` files, read with numpy) or
+     `config.data.local_dir` (colour: the files `vae.colour_data` reads), when given;
   2. data TFDS already has prepared (`tfds.data_source`, no TensorFlow);
   3. known local places (Debian's `/usr/share/datasets/fashion-mnist`);
-  4. a TFDS download through our own IDX builder (`vae.tfds_idx`), only if the network
-     answers within seconds; offline this fails fast with a message naming
-     `--config.data.idx_dir`.
+  4. a TFDS download through our own builders (`vae.tfds_idx`, `vae.colour_data`), only if
+     the network answers within seconds; offline this fails fast with a message naming the
+     option that points at local files.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae import colour_data
 from vae.errors import DataError
 # Re-exported: the IDX reader and the Split record are part of this module's public face.
 from vae.idx import IDX_FILES, IMAGE_SHAPE, NUM_CLASSES, Split, read_idx, read_idx_pair, split_from_source  # noqa: F401
 
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", *colour_data.DATASETS)
+# (H, W, C) of each dataset's images, and its number of classes (0: none, CelebA)
+IMAGE_SHAPES = {"mnist": IMAGE_SHAPE, "fashion_mnist": IMAGE_SHAPE, **colour_data.IMAGE_SHAPES}
+CLASSES = {"mnist": NUM_CLASSES, "fashion_mnist": NUM_CLASSES, **colour_data.NUM_CLASSES}
 # Local places where a distribution package puts the IDX files.
 KNOWN_LOCAL_DIRS = {
     "fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
@@ -52,10 +58,21 @@ class Dataset:
     # (a `vae.sharding.InputShards`); None: `train` is the whole split, one shard.
     train_shards: object = None
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.test.images.shape[1:])
+
     def split(self, name: str) -> Split:
         if name not in ("train", "validation", "test"):
             raise DataError(f"unknown split {name!r}; expected train, validation or test")
         return getattr(self, name)
+
+
+def image_shape(name: str) -> tuple[int, int, int]:
+    """(H, W, C) of dataset `name`'s images: what the models are built for, before any data loads."""
+    if name not in IMAGE_SHAPES:
+        raise DataError(f"config.data.name={name!r} is not a known dataset; expected one of {DATASETS}")
+    return IMAGE_SHAPES[name]
 
 
 # ----------------------------------------------------------------------------- IDX files
@@ -135,8 +152,39 @@ def _carve(split: Split, size: int, seed: int) -> tuple[Split, Split]:
     return Split(split.images[rest], split.labels[rest]), Split(split.images[held], split.labels[held])
 
 
-def resolve_source(name, idx_dir="", tfds_data_dir=""):
+def _resolve_colour(name: str, local_dir: str, tfds_data_dir: str):
+    """(train, test, note) of a colour dataset: local files, prepared TFDS data, or a download."""
+    if local_dir:
+        return colour_data.read_local(name, local_dir)
+    import tensorflow_datasets as tfds
+
+    from vae import tfds_colour  # deferred: it imports tensorflow_datasets
+
+    try:
+        sources = tfds.data_source(tfds_colour.builder_name(name), data_dir=tfds_data_dir or None, download=False)
+        train, test = (tfds_colour.split_from_source(sources[k], IMAGE_SHAPES[name]) for k in ("train", "test"))
+        return train, test, f"TFDS {tfds_colour.builder_name(name)} ({tfds_data_dir or 'default dir'})"
+    except Exception:  # not prepared: download below
+        pass
+    host = colour_data.network_host(name)
+    if host is None or not _network_reachable(host):
+        why = "it cannot be downloaded (Google Drive)" if host is None else "the network is unreachable"
+        raise DataError(
+            f"dataset {name!r}: no local copy found and {why}. Point at a directory holding "
+            f"{', '.join(colour_data.FILES[name])} with --config.data.local_dir=DIR")
+    return tfds_colour.prepare_and_load(name, data_dir=tfds_data_dir or None)
+
+
+def resolve_source(name, idx_dir="", tfds_data_dir="", local_dir=""):
     """(train_or_None, test, note) from the first source that has the data."""
+    if name in colour_data.DATASETS:
+        if idx_dir:
+            raise DataError(f"config.data.idx_dir is for MNIST / Fashion-MNIST IDX files; {name} reads its own "
+                            f"files from --config.data.local_dir (expected {', '.join(colour_data.FILES[name])})")
+        return _resolve_colour(name, local_dir, tfds_data_dir)
+    if local_dir:
+        raise DataError(f"config.data.local_dir is for the colour datasets {colour_data.DATASETS}; {name} reads "
+                        "IDX files from --config.data.idx_dir")
     if idx_dir:
         return load_idx_dir(idx_dir)
     found = _load_tfds_prepared(name, tfds_data_dir)
@@ -153,7 +201,8 @@ def load_dataset(data_config) -> Dataset:
     name = data_config.name
     if name not in DATASETS:
         raise DataError(f"config.data.name={name!r} is not a known dataset; expected one of {DATASETS}")
-    train, test, source = resolve_source(name, data_config.idx_dir, data_config.get("tfds_data_dir", ""))
+    train, test, source = resolve_source(name, data_config.idx_dir, data_config.get("tfds_data_dir", ""),
+                                         data_config.get("local_dir", ""))
     if train is None:
         # Only a test split (e.g. ../shared/data/mnist): carve train/test from it, fixed order.
         n = len(test)

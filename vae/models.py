@@ -27,7 +27,7 @@ import priors
 from priors.vamp import VampPrior
 from vae import losses
 from vae.errors import ConfigError
-from vae.idx import IMAGE_SHAPE
+from vae.input_pipeline import image_shape
 
 LIKELIHOOD_CHANNELS = {"bernoulli": 1, "logistic": 2}
 # Mixed precision: layers compute in this dtype; parameters, the posterior and the decoder
@@ -125,7 +125,7 @@ class VAE(nnx.Module):
         return None if self.prior is None else f"joint_{self.prior_name}"
 
     def encode(self, x):
-        """x: (B, 28, 28, 1) in [0, 1] -> mean, logvar: (B, *latent_shape), float32."""
+        """x: (B, H, W, C) in [0, 1] -> mean, logvar: (B, *latent_shape), float32."""
         return self.encoder(x)
 
     def log_prior(self, z):
@@ -143,7 +143,7 @@ class VAE(nnx.Module):
         return losses.elbo(x, mean, logvar, z, out, self.likelihood, beta=beta, kl=kl, log_prior=log_prior)
 
     def decode(self, z):
-        """z: (B, *latent_shape) -> decoder output (B, 28, 28, channels), float32."""
+        """z: (B, *latent_shape) -> decoder output (B, H, W, C * channels per pixel), float32."""
         return self.decoder(z).astype(jnp.float32)
 
     def __call__(self, x, key):
@@ -233,4 +233,4 @@ def create_vae(config, seed: int | None = None) -> VAE:
     `seed` (default config.seed): what every checkpoint of a run is restored into."""
     seed = config.seed if seed is None else seed
     dtype = config.train.get("compute_dtype", "float32")
-    return build_vae(config, IMAGE_SHAPE, rngs=nnx.Rngs(seed), compute_dtype=dtype)
+    return build_vae(config, image_shape(config.data.name), rngs=nnx.Rngs(seed), compute_dtype=dtype)

@@ -29,6 +29,8 @@ def check_config(config) -> None:
         ("seed", config.seed >= 0, ">= 0"),
         ("data.validation_size", config.data.validation_size >= 1, ">= 1"),
         ("data.num_train", config.data.num_train >= 0, ">= 0 (0: all)"),
+        ("data.binarize", not (config.data.binarize and config.data.name in input_pipeline.colour_data.DATASETS),
+         "False for a colour dataset (8-bit pixels, discretized logistic likelihood)"),
         ("vae.beta", config.vae.beta >= 0, ">= 0"),
         ("vae.kl", config.vae.kl in ("analytic", "mc"), "'analytic' or 'mc'"),
         ("vae.prior", config.vae.get("prior", "normal") in models.stage1_priors(),
@@ -64,7 +66,7 @@ def check_config(config) -> None:
         if not ok:
             value = functools.reduce(lambda c, k: c[k], field.split("."), config)
             raise ConfigError(f"config.{field}={value!r} is out of range; expected {expected}")
-    models.latent_shape_from_config(config.vae, input_pipeline.IMAGE_SHAPE)
+    models.latent_shape_from_config(config.vae, input_pipeline.image_shape(config.data.name))
 
 
 def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None = None):

@@ -32,6 +32,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.vae.channels = (32, 64)  # conv
     config.vae.beta = 1.0
     config.vae.kl = "analytic"  # or 'mc' (single-sample Monte-Carlo)
+    # p(x|z): 'auto' is Bernoulli on binarized data, the discretized logistic on 8-bit grey and
+    # the discretized logistic mixture (logistic_mixtures components, PixelCNN++'s linear
+    # channel conditioning) on 8-bit colour; or name one of them.
+    config.vae.likelihood = "auto"
+    config.vae.logistic_mixtures = 10
     # The prior stage 1 trains with: 'normal' (N(0, I)), 'vamp' (VampPrior: a mixture of the
     # encoder's posteriors at vamp_components learned pseudo-inputs), or a gradient prior of
     # config.prior ('pixelcnn', 'transformer', 'made', 'realnvp') trained jointly in the ELBO

@@ -236,7 +236,7 @@ def test_celeba_builder_without_manual_files_says_where_to_put_them(tmp_path):
 
 def test_a_vae_trains_and_is_reported_on_cifar_format_files(tmp_path):
     """The pipeline end to end on colour data read by `config.data.local_dir`: the conv VAE
-    with the 8-bit logistic likelihood trains on (32, 32, 3) images, and sample.py's report
+    with the discretized logistic mixture likelihood trains on (32, 32, 3) images, and sample.py's report
     (its classifier on colour images) scores N(0, I) and a GMM fitted to the latents."""
     import json
 
@@ -267,6 +267,7 @@ def test_a_vae_trains_and_is_reported_on_cifar_format_files(tmp_path):
     assert test[-1]["nelbo_bits_per_dim"] < test[0]["nelbo_bits_per_dim"]  # it learned
     rep = report.compare(str(work), str(tmp_path / "report"), n_samples=50, k=2, command="test")
     assert set(rep["priors"]) == {"standard_normal", "gmm"}
+    assert rep["vae"]["likelihood"] == "logistic_mixture"  # 'auto' on 8-bit colour
     assert np.load(tmp_path / "report" / "samples_gmm.npz")["images"].shape == (50, 32, 32, 3)
 
     config.data.binarize = True

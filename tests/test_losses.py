@@ -64,3 +64,45 @@ def test_iwae_is_above_elbo_and_grows_with_k(mnist_dir):
     assert by_k[1] < by_k[8] < by_k[64]
     with pytest.raises(ValueError, match="multiple of the chunk"):
         losses.iwae_bound(model.encode, model.decode, model.likelihood, x, jax.random.key(0), k=10, chunk=4)
+
+
+def rgb_levels():
+    """Every 8-bit RGB value, (256**3, 3) in [0, 1]."""
+    v = jnp.arange(256) / 255.0
+    return jnp.stack(jnp.meshgrid(v, v, v, indexing="ij"), -1).reshape(-1, 3)
+
+
+def test_discretized_logistic_mixture_sums_to_one_over_every_rgb_value():
+    """One pixel, 3 components with coupled channels: P summed over all 256^3 colours is 1."""
+    params = jax.random.normal(jax.random.key(0), (30,)) * jnp.concatenate([jnp.ones(3), 0.3 * jnp.ones(9),
+                                                                           -2.0 + 0.5 * jnp.ones(9), jnp.ones(9)])
+    x = rgb_levels()
+    log_p = jax.jit(lambda x: losses.discretized_logistic_mixture_log_prob(
+        x[:, None, None, :], jnp.broadcast_to(params, (x.shape[0], 1, 1, 30))))(x)
+    assert float(jnp.sum(jnp.exp(log_p))) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_logistic_mixture_of_one_uncoupled_component_is_the_per_channel_logistic():
+    key_m, key_s, key_x = jax.random.split(jax.random.key(1), 3)
+    mean = jax.random.uniform(key_m, (2, 4, 4, 3))
+    log_scale = jax.random.uniform(key_s, (2, 4, 4, 3), minval=-4.0, maxval=-1.0)
+    x = jnp.round(jax.random.uniform(key_x, (2, 4, 4, 3)) * 255) / 255
+    params = jnp.concatenate([jnp.zeros((2, 4, 4, 1)), mean, log_scale, jnp.zeros((2, 4, 4, 3))], -1)
+    np.testing.assert_allclose(losses.discretized_logistic_mixture_log_prob(x, params),
+                               losses.discretized_logistic_log_prob(x, mean, log_scale), rtol=1e-5)
+    # decoder_mean: the means themselves (clipped to [0, 1])
+    np.testing.assert_allclose(losses.decoder_mean("logistic_mixture", params), mean, atol=1e-6)
+
+
+def test_the_likelihood_follows_the_data_and_refuses_a_mismatch():
+    from vae.errors import ConfigError
+
+    config = mnist_config()
+    assert models.likelihood_from_config(config, 1) == "bernoulli"
+    config.data.binarize = False
+    assert (models.likelihood_from_config(config, 1), models.likelihood_from_config(config, 3)) == (
+        "logistic", "logistic_mixture")
+    for value, channels in (("bernoulli", 1), ("logistic_mixture", 1), ("gaussian", 3)):
+        config.vae.likelihood = value
+        with pytest.raises(ConfigError, match="config.vae.likelihood"):
+            models.likelihood_from_config(config, channels)

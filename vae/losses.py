@@ -53,6 +53,34 @@ def discretized_logistic_log_prob(x, mean, log_scale):
     Bin k covers [k - 0.5, k + 0.5] / 255; the end bins absorb the tails, so the 256
     probabilities sum to 1 (tests check it).
     """
+    return _sum_event(_discretized_logistic(x, mean, log_scale))
+
+
+def discretized_logistic_mixture_log_prob(x, params):
+    """log P(x) of 8-bit RGB pixels under a mixture of K discretized logistics per pixel,
+    the channels conditioned linearly (PixelCNN++): in component k, red has mean m_r, green
+    m_g + c_0 x_r, blue m_b + c_1 x_r + c_2 x_g, with c = tanh(raw). -> (B,).
+
+    x (B, H, W, 3) in [0, 1]; params (B, H, W, 10 K): K mixture logits, then means (3 K),
+    log-scales (3 K) and raw coefficients (3 K), each channel-major.
+    """
+    logit_pi, mean, log_scale, coeff = _mixture_params(params)
+    xs = x[..., :, None]  # (B, H, W, 3, 1)
+    mean = jnp.stack([mean[..., 0, :], mean[..., 1, :] + coeff[..., 0, :] * xs[..., 0, :],
+                      mean[..., 2, :] + coeff[..., 1, :] * xs[..., 0, :] + coeff[..., 2, :] * xs[..., 1, :]], axis=-2)
+    log_p = jnp.sum(_discretized_logistic(xs, mean, log_scale), axis=-2)  # (B, H, W, K)
+    return _sum_event(jax.nn.logsumexp(log_p + jax.nn.log_softmax(logit_pi, axis=-1), axis=-1))
+
+
+def _mixture_params(params):
+    """Splits (..., 10 K) decoder output into logits (..., K), means, log-scales, tanh'd coefficients (..., 3, K)."""
+    k = params.shape[-1] // 10
+    rest = params[..., k:].reshape(*params.shape[:-1], 3, 3, k)  # (kind, channel, component)
+    return params[..., :k], rest[..., 0, :, :], rest[..., 1, :, :], jnp.tanh(rest[..., 2, :, :])
+
+
+def _discretized_logistic(x, mean, log_scale):
+    """Element-wise log P(x) of the discretized logistic (see discretized_logistic_log_prob)."""
     log_scale = jnp.maximum(log_scale, -7.0)
     inv_s = jnp.exp(-log_scale)
     half_bin = 0.5 / (NUM_LEVELS - 1)
@@ -65,8 +93,7 @@ def discretized_logistic_log_prob(x, mean, log_scale):
     # Where the bin mass underflows, use density x bin width (the PixelCNN++ fallback).
     log_pdf_mid = mid - log_scale - 2.0 * jax.nn.softplus(mid) - math.log(NUM_LEVELS - 1)
     log_mid = jnp.where(cdf_delta > 1e-5, jnp.log(jnp.maximum(cdf_delta, 1e-12)), log_pdf_mid)
-    log_p = jnp.where(x < half_bin, log_cdf_plus, jnp.where(x > 1.0 - half_bin, log_one_minus_cdf_minus, log_mid))
-    return _sum_event(log_p)
+    return jnp.where(x < half_bin, log_cdf_plus, jnp.where(x > 1.0 - half_bin, log_one_minus_cdf_minus, log_mid))
 
 
 def log_likelihood(likelihood: str, x, decoder_out):
@@ -76,6 +103,8 @@ def log_likelihood(likelihood: str, x, decoder_out):
     if likelihood == "logistic":
         mean, log_scale = jnp.split(decoder_out, 2, axis=-1)
         return discretized_logistic_log_prob(x, mean, log_scale)
+    if likelihood == "logistic_mixture":
+        return discretized_logistic_mixture_log_prob(x, decoder_out)
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
@@ -83,6 +112,13 @@ def decoder_mean(likelihood: str, decoder_out):
     """E[x|z] in [0, 1], the image we show and feed to the classifier."""
     if likelihood == "bernoulli":
         return jax.nn.sigmoid(decoder_out)
+    if likelihood == "logistic_mixture":  # each channel's mixture mean, given the previous channels' means
+        logit_pi, mean, _, coeff = _mixture_params(decoder_out)
+        pi = jax.nn.softmax(logit_pi, axis=-1)
+        r = jnp.sum(pi * mean[..., 0, :], -1, keepdims=True)
+        g = jnp.sum(pi * (mean[..., 1, :] + coeff[..., 0, :] * r), -1, keepdims=True)
+        b = jnp.sum(pi * (mean[..., 2, :] + coeff[..., 1, :] * r + coeff[..., 2, :] * g), -1, keepdims=True)
+        return jnp.clip(jnp.concatenate([r, g, b], axis=-1), 0.0, 1.0)
     mean, _ = jnp.split(decoder_out, 2, axis=-1)
     return jnp.clip(mean, 0.0, 1.0)
 

@@ -5,8 +5,10 @@ Two families:
   * `conv`: spatial latent (H/4, W/4, c), two stride-2 convolutions each way: the shape the
     PixelCNN prior models.
 The posterior is a diagonal Gaussian (mean, log-variance). The decoder returns raw
-parameters per pixel; `vae.losses` turns them into a likelihood: 1 channel (Bernoulli
-logits) or 2 channels (discretized-logistic mean and log-scale).
+parameters per pixel; `vae.losses` turns them into a likelihood (`config.vae.likelihood`):
+Bernoulli logits (binarized), a discretized logistic's mean and log-scale per channel (8-bit
+grey), or a discretized logistic mixture over RGB with linearly conditioned channels (8-bit
+colour: 10 parameters per component).
 
 The prior stage 1 trains with (`config.vae.prior`): 'normal', N(0, I) with the analytic KL;
 'vamp', the VampPrior over this encoder (`priors.vamp`); or a registered gradient-fitted
@@ -29,7 +31,7 @@ from vae import losses
 from vae.errors import ConfigError
 from vae.input_pipeline import image_shape
 
-LIKELIHOOD_CHANNELS = {"bernoulli": 1, "logistic": 2}
+LIKELIHOODS = ("bernoulli", "logistic", "logistic_mixture")
 # Mixed precision: layers compute in this dtype; parameters, the posterior and the decoder
 # output (hence the loss) stay float32.
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -170,9 +172,26 @@ def latent_shape_from_config(vae_config, image_shape) -> tuple[int, ...]:
     raise ConfigError(f"config.vae.arch={vae_config.arch!r} is unknown; expected 'mlp' or 'conv'")
 
 
-def likelihood_from_config(data_config) -> str:
-    """Binarized data -> Bernoulli; 8-bit data -> discretized logistic (bits/dim reported)."""
-    return "bernoulli" if data_config.binarize else "logistic"
+def likelihood_from_config(config, image_channels: int) -> str:
+    """config.vae.likelihood; 'auto': binarized data -> Bernoulli, 8-bit grey -> discretized
+    logistic, 8-bit colour -> the discretized logistic mixture (8-bit: bits/dim reported)."""
+    name = config.vae.get("likelihood", "auto")
+    if name == "auto":
+        return "bernoulli" if config.data.binarize else "logistic" if image_channels == 1 else "logistic_mixture"
+    if name not in LIKELIHOODS:
+        raise ConfigError(f"config.vae.likelihood={name!r}; expected 'auto' or one of {LIKELIHOODS}")
+    if (name == "bernoulli") != bool(config.data.binarize):
+        raise ConfigError(f"config.vae.likelihood={name!r} does not fit config.data.binarize={config.data.binarize}: "
+                          "Bernoulli is the likelihood of binarized data, the logistics of 8-bit pixels")
+    if name == "logistic_mixture" and image_channels != 3:
+        raise ConfigError(f"config.vae.likelihood='logistic_mixture' models RGB pixels; these images have "
+                          f"{image_channels} channel(s): use 'logistic'")
+    return name
+
+
+def decoder_channels(likelihood: str, image_channels: int, mixtures: int) -> int:
+    """Channels of the decoder output per pixel: the likelihood's parameters."""
+    return {"bernoulli": image_channels, "logistic": 2 * image_channels, "logistic_mixture": 10 * mixtures}[likelihood]
 
 
 def build_vae(config, image_shape, *, rngs: nnx.Rngs, compute_dtype: str = "float32") -> VAE:
@@ -182,8 +201,8 @@ def build_vae(config, image_shape, *, rngs: nnx.Rngs, compute_dtype: str = "floa
         raise ConfigError(f"config.train.compute_dtype={compute_dtype!r}; expected one of {COMPUTE_DTYPES}")
     dtype = jnp.dtype(compute_dtype)
     latent_shape = latent_shape_from_config(vc, image_shape)
-    likelihood = likelihood_from_config(config.data)
-    out_channels = LIKELIHOOD_CHANNELS[likelihood] * image_shape[-1]
+    likelihood = likelihood_from_config(config, image_shape[-1])
+    out_channels = decoder_channels(likelihood, image_shape[-1], int(vc.get("logistic_mixtures", 10)))
     if vc.arch == "mlp":
         hidden = tuple(vc.hidden)
         encoder = MLPEncoder(image_shape, hidden, latent_shape[0], rngs=rngs, dtype=dtype)

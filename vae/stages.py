@@ -66,7 +66,9 @@ def check_config(config) -> None:
         if not ok:
             value = functools.reduce(lambda c, k: c[k], field.split("."), config)
             raise ConfigError(f"config.{field}={value!r} is out of range; expected {expected}")
-    models.latent_shape_from_config(config.vae, input_pipeline.image_shape(config.data.name))
+    image_shape = input_pipeline.image_shape(config.data.name)
+    models.latent_shape_from_config(config.vae, image_shape)
+    models.likelihood_from_config(config, image_shape[-1])
 
 
 def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None = None):

@@ -3,8 +3,8 @@
 Four levels, so the latent sits at H/8; sized for one GPU. CelebA cannot be downloaded by
 TFDS here (it is on Google Drive): point at img_align_celeba/ (or its zip) and
 list_eval_partition.txt with --config.data.local_dir=DIR. CelebA has no class labels, so
-sample.py's classifier-based metrics are not available for it yet (the VAE and priors train,
-`vae.load` samples). Smoke preset (tests, on JPEGs they write): --config configs/celeba64.py:smoke.
+sample.py reports the likelihood metrics, ELBO surgery and hole rate without the
+classifier-based ones (fd_classifier, precision/recall). Smoke preset (tests, on JPEGs they write): --config configs/celeba64.py:smoke.
 """
 
 from configs import base

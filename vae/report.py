@@ -10,6 +10,7 @@ otherwise, each the mean over seeds with its sd beside it (report.json: `sd`, `p
   average_kl, mutual_info, marginal_kl   ELBO surgery on the test posteriors (vae.analysis)
   fd_classifier, precision, recall        in the features of our classifier (vae.metrics), on
                                           equal-size sets: n_compared generated and real images
+                                          (not for a dataset without labels, CelebA)
   label_entropy, class_frequencies        of the classifier's predictions on the samples
   prior_hole_rate                          vs the mixture of the training posteriors
 """
@@ -145,13 +146,18 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         heldout_z, _ = analysis.sample_aggregate_posterior(key("heldout_draws"), val_mean[half:], val_logvar[half:],
                                                            10000)
         heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)["prior_hole_rate"]
-    with timed("classifier: train or load, features of the test images"):
-        clf, clf_acc = classifier.load_or_train(wd.join("classifier"), dataset, seed=seeds[0])
-        real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
-    data_labels = metrics.label_stats(dataset.test.labels)
     # Precision/recall and FD compare equal-size sets: as many generated images as real ones.
-    n_compared = min(len(real_feats), n_samples)
-    real_feats = real_feats[np.random.default_rng(0).permutation(len(real_feats))[:n_compared]]
+    n_compared = min(len(x_test), n_samples)
+    clf = clf_acc = data_labels = None
+    if input_pipeline.CLASSES[dataset.name]:  # CelebA has no labels to train the feature classifier on
+        with timed("classifier: train or load, features of the test images"):
+            clf, clf_acc = classifier.load_or_train(wd.join("classifier"), dataset, seed=seeds[0])
+            real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
+        data_labels = metrics.label_stats(dataset.test.labels)
+        real_feats = real_feats[np.random.default_rng(0).permutation(len(real_feats))[:n_compared]]
+    else:
+        log.warning("%s has no class labels: no classifier, so no fd_classifier, precision/recall or label "
+                    "statistics in this report", dataset.name)
 
     vg, vs = nnx.split(vae)
     decode = jax.jit(lambda s, z: losses.decoder_mean(vae.likelihood, nnx.merge(vg, s).decode(z)))
@@ -164,8 +170,6 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
             z = draw_samples(prior, key("samples", seed), n_samples)  # the same latent seed for every prior
             images = np.asarray(_batched(lambda zb: decode(vs, zb), z, 1000))
         sample_seconds = time.perf_counter() - t0
-        with timed("classifier features of the samples"):
-            feats, predicted = classifier.features_and_labels(clf, images)
         with timed(f"nll_iwae[{k}] and ELBO on the test split"):
             nll, elbo = iwae_under_prior(vae, prior, x_test, key("iwae", seed), k)
         r = {"nll_iwae": float(nll.mean()), "elbo": float(elbo.mean())}
@@ -175,10 +179,13 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         with timed("ELBO surgery (log q over the test posteriors)"):
             r.update(analysis.elbo_surgery(key("elbo_surgery", seed), test_mean, test_logvar, jax.jit(prior.log_prob),
                                            num_samples=min(n_samples, 10000)))
-        with timed("fd_classifier, precision/recall, labels"):
-            r["fd_classifier"] = metrics.frechet_distance(real_feats, feats[:n_compared])
-            r.update(metrics.precision_recall(real_feats, feats[:n_compared]))
-            r.update(metrics.label_stats(predicted))
+        if clf is not None:
+            with timed("classifier features of the samples"):
+                feats, predicted = classifier.features_and_labels(clf, images)
+            with timed("fd_classifier, precision/recall, labels"):
+                r["fd_classifier"] = metrics.frechet_distance(real_feats, feats[:n_compared])
+                r.update(metrics.precision_recall(real_feats, feats[:n_compared]))
+                r.update(metrics.label_stats(predicted))
         with timed("prior hole rate (log q of the samples)"):
             r.update(analysis.prior_hole_rate(z, train_mean, train_logvar, threshold))
         r["sampling_seconds"] = sample_seconds
@@ -249,15 +256,18 @@ def cell(result: dict, key: str, digits: int = 4) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    cols = [(k, h.replace("[k]", f"[{report['k']}]")) for k, h in COLUMNS]
+    first = next(iter(report["priors"].values()))
+    cols = [(k, h.replace("[k]", f"[{report['k']}]")) for k, h in COLUMNS if k in first]
+    labels = (f"classifier test accuracy {report['classifier']['test_accuracy']:.4f}; data label entropy "
+              f"{report['data_labels']['label_entropy']:.3f} nats" if report["data_labels"] else
+              "no class labels, so no classifier-based metrics")
     lines = [
         f"# {report['dataset']}: N(0, I) vs learned priors",
         "",
         f"{report['n_samples']} samples per prior"
         + (f"; mean ± sd over sample seeds {report['seeds']}" if len(report.get("seeds", [0])) > 1 else "")
         + f"; FD and precision/recall on {report.get('n_compared', report['n_samples'])} generated vs as many "
-        f"real test images; metrics on the test split; classifier test accuracy "
-        f"{report['classifier']['test_accuracy']:.4f}; data label entropy {report['data_labels']['label_entropy']:.3f} nats; "
+        f"real test images; metrics on the test split; {labels}; "
         f"held-out latents (the validation half that did not set the threshold): hole rate "
         f"{report['heldout_latent_hole_rate']:.3f}, "
         f"median log q(z) {report['heldout_median_log_q']:.1f} nats.",

@@ -15,7 +15,9 @@ once in OUT/classifier, so fd_classifier varies with the models only. Writes OUT
 and OUT/summary.md: per (recipe, prior) row the mean ± sd over seeds of nll_iwae, the ELBO
 under that prior, the test latent NLL, fd_classifier, precision and recall, and the compute:
 the VAE's training time (the sum of its epochs' step time, compiles included, evaluation
-excluded) and each post-hoc fit's wall time. Reruns resume: finished trainings and fits are
+excluded; an epoch resumed mid-way is counted at its resumed part's rate) and each post-hoc
+fit's wall time. A dataset without labels (CelebA) gets no classifier and no fd_classifier,
+precision or recall columns. Reruns resume: finished trainings and fits are
 not redone, and a report is reused while it is newer than its workdir's metrics.jsonl.
 """
 
@@ -89,12 +91,13 @@ def mean_sd(values) -> dict:
 
 
 def markdown(summary: dict) -> str:
+    metrics = summary["metrics"]
     lines = [f"# {summary['dataset']}: post-hoc vs jointly trained priors, training seeds {summary['seeds']} "
              "(mean ± sd)", "",
-             "| recipe | prior | " + " | ".join(METRICS) + " | VAE training (s) | prior fit (s) |",
-             "| --- | --- |" + " --- |" * (len(METRICS) + 2)]
+             "| recipe | prior | " + " | ".join(metrics) + " | VAE training (s) | prior fit (s) |",
+             "| --- | --- |" + " --- |" * (len(metrics) + 2)]
     for row in summary["rows"]:
-        cells = [f"{row[m]['mean']:.4g} ± {row[m]['sd']:.2g}" for m in METRICS]
+        cells = [f"{row[m]['mean']:.4g} ± {row[m]['sd']:.2g}" for m in metrics]
         fit = f"{row['fit_seconds']['mean']:.0f} ± {row['fit_seconds']['sd']:.0f}" if "fit_seconds" in row else "–"
         vae_s = row["vae_seconds"]
         lines.append(f"| {row['recipe']} | {row['prior']} | " + " | ".join(cells)
@@ -110,26 +113,31 @@ def main(argv):
     seeds = [int(s) for s in _SEEDS.value]
     configs = {(r, s): recipe_config(base, r, s, _POSTHOC.value) for s in seeds for r in _RECIPES.value}
     os.makedirs(out, exist_ok=True)
+    for config in configs.values():  # every recipe's config checked before anything trains
+        stages.check_config(config)
+        models.create_vae(config)  # e.g. joint_made on a spatial latent: refused now, not after other trainings
     dataset = input_pipeline.load_dataset(base.data)
-    classifier.load_or_train(os.path.join(out, "classifier"), dataset, seed=0)  # one for every report
+    if input_pipeline.CLASSES[dataset.name]:  # one classifier for every report (none without labels)
+        classifier.load_or_train(os.path.join(out, "classifier"), dataset, seed=0)
     reports, times = {}, {}
     for seed in seeds:  # every recipe of a seed before the next seed: a partial run is a whole comparison
         for recipe in _RECIPES.value:
             wd = workdir_lib.Workdir(os.path.join(out, recipe, f"seed_{seed}"))
             stages.train_and_evaluate(configs[recipe, seed], wd.path)
-            if not os.path.exists(wd.join("classifier")):
+            if os.path.exists(os.path.join(out, "classifier")) and not os.path.exists(wd.join("classifier")):
                 shutil.copytree(os.path.join(out, "classifier"), wd.join("classifier"))
             reports[recipe, seed], times[recipe, seed] = run_report(wd, seed), seconds(wd)
-    rows = []
+    rows, first = [], reports[_RECIPES.value[0], seeds[0]]["priors"]
+    metrics = [m for m in METRICS if m in next(iter(first.values()))]  # no classifier metrics without labels
     for recipe in _RECIPES.value:
         for name in reports[recipe, seeds[0]]["priors"]:
             per_seed = [reports[recipe, s]["priors"][name] for s in seeds]
-            row = {"recipe": recipe, "prior": name, **{m: mean_sd(r[m] for r in per_seed) for m in METRICS},
+            row = {"recipe": recipe, "prior": name, **{m: mean_sd(r[m] for r in per_seed) for m in metrics},
                    "vae_seconds": mean_sd(times[recipe, s]["vae"] for s in seeds)}
             if all(name in times[recipe, s] for s in seeds):
                 row["fit_seconds"] = mean_sd(times[recipe, s][name] for s in seeds)
             rows.append(row)
-    summary = {"dataset": reports[_RECIPES.value[0], seeds[0]]["dataset"], "seeds": seeds, "rows": rows,
+    summary = {"dataset": reports[_RECIPES.value[0], seeds[0]]["dataset"], "seeds": seeds, "rows": rows, "metrics": metrics,
                "epochs": {"vae": base.train.num_epochs, "prior": base.prior.num_epochs},
                "n_samples": _N.value, "k": _K.value, "command": " ".join(sys.argv),
                "code": workdir_lib.code_version()}

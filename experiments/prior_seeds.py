@@ -138,7 +138,9 @@ def main(argv):
     out = _OUT.value or source.join("prior_seeds")
     os.makedirs(out, exist_ok=True)
     # One classifier for every seed, so that fd_classifier varies with the priors only.
-    classifier.load_or_train(source.join("classifier"), input_pipeline.load_dataset(source.load_config().data), seed=0)
+    dataset = input_pipeline.load_dataset(source.load_config().data)
+    if input_pipeline.CLASSES[dataset.name]:  # CelebA has no labels: no classifier, no classifier metrics
+        classifier.load_or_train(source.join("classifier"), dataset, seed=0)
     reports, fit_seconds = {}, {n: {} for n in names}
     for seed in seeds:
         fit = config.copy_and_resolve_references()

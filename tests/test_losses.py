@@ -72,14 +72,36 @@ def rgb_levels():
     return jnp.stack(jnp.meshgrid(v, v, v, indexing="ij"), -1).reshape(-1, 3)
 
 
-def test_discretized_logistic_mixture_sums_to_one_over_every_rgb_value():
-    """One pixel, 3 components with coupled channels: P summed over all 256^3 colours is 1."""
-    params = jax.random.normal(jax.random.key(0), (30,)) * jnp.concatenate([jnp.ones(3), 0.3 * jnp.ones(9),
-                                                                           -2.0 + 0.5 * jnp.ones(9), jnp.ones(9)])
+def mixture_pixel(key, log_scale):
+    """Parameters of one pixel's 3-component mixture with coupled channels: logits, means
+    0.5 ± 0.1, log-scales `log_scale` ± 0.5, coefficients tanh(raw) with raw ~ N(0, 0.3²):
+    every conditional mean stays well inside [0, 1], where the end bins clip nothing."""
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return jnp.concatenate([jax.random.normal(k1, (3,)), 0.5 + 0.1 * jax.random.normal(k2, (9,)),
+                            log_scale + 0.5 * jax.random.normal(k3, (9,)), 0.3 * jax.random.normal(k4, (9,))])
+
+
+def pixel_log_probs(params):
+    """log P of every RGB value under one pixel's parameters -> (256**3,)."""
     x = rgb_levels()
-    log_p = jax.jit(lambda x: losses.discretized_logistic_mixture_log_prob(
-        x[:, None, None, :], jnp.broadcast_to(params, (x.shape[0], 1, 1, 30))))(x)
-    assert float(jnp.sum(jnp.exp(log_p))) == pytest.approx(1.0, abs=1e-3)
+    return jax.jit(lambda x: losses.discretized_logistic_mixture_log_prob(
+        x[:, None, None, :], jnp.broadcast_to(params, (x.shape[0], 1, 1, params.shape[0]))))(x)
+
+
+@pytest.mark.parametrize("log_scale", [-2.0, -6.0])  # broad, and sharper than a bin (the pdf fallback)
+def test_discretized_logistic_mixture_sums_to_one_over_every_rgb_value(log_scale):
+    """One pixel, 3 components with coupled channels: P summed over all 256^3 colours is 1."""
+    log_p = pixel_log_probs(mixture_pixel(jax.random.key(0), log_scale))
+    assert float(jnp.sum(jnp.exp(log_p))) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_logistic_mixture_decoder_mean_is_the_expected_colour():
+    """decoder_mean of a coupled 3-component pixel equals sum_x x P(x) over every colour."""
+    params = mixture_pixel(jax.random.key(2), -3.5)
+    p = jnp.exp(pixel_log_probs(params))
+    expected = jnp.sum(p[:, None] * rgb_levels(), axis=0)
+    np.testing.assert_allclose(losses.decoder_mean("logistic_mixture", params[None, None, None])[0, 0, 0],
+                               expected, atol=2e-3)
 
 
 def test_logistic_mixture_of_one_uncoupled_component_is_the_per_channel_logistic():

@@ -135,3 +135,35 @@ def test_report_scores_the_joint_prior_beside_standard_normal(joint_run, tmp_pat
     assert rep["priors"]["joint_pixelcnn"]["latent_nll"] < rep["priors"]["standard_normal"]["latent_nll"]
     md = (tmp_path / "report.md").read_text()
     assert "| joint_pixelcnn |" in md and "the prior the VAE was trained with" in md
+
+
+def test_old_workdirs_resume_and_a_joint_prior_is_part_of_the_model(tmp_path):
+    """A config.json written before the stage-1 prior, likelihood and colour fields existed
+    resumes (those fields had today's defaults); with a prior inside the VAE, its size is part
+    of the model, so changing it refuses the resume; dropout in the ELBO is refused."""
+    import json
+
+    from vae.errors import ConfigError, TrainingError
+    from vae.workdir import Workdir
+
+    config = mnist_config()
+    old = json.loads(config.to_json())
+    for key in ("prior", "likelihood", "logistic_mixtures", "vamp_components", "resnet_widths", "resnet_blocks"):
+        del old["vae"][key]
+    del old["data"]["local_dir"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    Workdir(str(tmp_path)).check_resumable(config)
+    config.vae.prior = "pixelcnn"
+    with pytest.raises(TrainingError, match="vae.prior: 'normal' in workdir, 'pixelcnn' now"):
+        Workdir(str(tmp_path)).check_resumable(config)
+
+    (tmp_path / "config.json").write_text(config.to_json())
+    config.prior.pixelcnn.features = 8
+    with pytest.raises(TrainingError, match="prior.pixelcnn.features: 16 in workdir, 8 now"):
+        Workdir(str(tmp_path)).check_resumable(config)
+    config.prior.pixelcnn.features, config.prior.transformer.features = 16, 8  # not in this VAE: free
+    Workdir(str(tmp_path)).check_resumable(config)
+
+    config.prior.pixelcnn.dropout = 0.1
+    with pytest.raises(ConfigError, match="config.prior.pixelcnn.dropout=0.1"):
+        models.create_vae(config)

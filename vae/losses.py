@@ -112,13 +112,13 @@ def decoder_mean(likelihood: str, decoder_out):
     """E[x|z] in [0, 1], the image we show and feed to the classifier."""
     if likelihood == "bernoulli":
         return jax.nn.sigmoid(decoder_out)
-    if likelihood == "logistic_mixture":  # each channel's mixture mean, given the previous channels' means
+    if likelihood == "logistic_mixture":  # E[x] = sum_k pi_k E[x | k], each channel's mean given the earlier ones'
         logit_pi, mean, _, coeff = _mixture_params(decoder_out)
-        pi = jax.nn.softmax(logit_pi, axis=-1)
-        r = jnp.sum(pi * mean[..., 0, :], -1, keepdims=True)
-        g = jnp.sum(pi * (mean[..., 1, :] + coeff[..., 0, :] * r), -1, keepdims=True)
-        b = jnp.sum(pi * (mean[..., 2, :] + coeff[..., 1, :] * r + coeff[..., 2, :] * g), -1, keepdims=True)
-        return jnp.clip(jnp.concatenate([r, g, b], axis=-1), 0.0, 1.0)
+        r = mean[..., 0, :]
+        g = mean[..., 1, :] + coeff[..., 0, :] * r
+        b = mean[..., 2, :] + coeff[..., 1, :] * r + coeff[..., 2, :] * g
+        pi = jax.nn.softmax(logit_pi, axis=-1)[..., None, :]
+        return jnp.clip(jnp.sum(pi * jnp.stack([r, g, b], axis=-2), axis=-1), 0.0, 1.0)
     mean, _ = jnp.split(decoder_out, 2, axis=-1)
     return jnp.clip(mean, 0.0, 1.0)
 

@@ -150,6 +150,9 @@ def latent_shape_from_config(vae_config, image_shape) -> tuple[int, ...]:
         factor = 4 if vae_config.arch == "conv" else 2 ** (len(vae_config.resnet_widths) - 1)
         shape = tuple(int(s) for s in vae_config.latent_shape)
         want = (image_shape[0] // factor, image_shape[1] // factor)
+        if image_shape[0] % factor or image_shape[1] % factor:
+            raise ConfigError(f"config.vae.resnet_widths={tuple(vae_config.resnet_widths)} resample {image_shape[:2]} "
+                              f"images by {factor}, which does not divide them; use fewer levels")
         if len(shape) != 3 or shape[:2] != want or shape[2] < 1:
             raise ConfigError(
                 f"config.vae.latent_shape={shape} does not fit the {vae_config.arch} decoder: it downsamples "
@@ -233,6 +236,9 @@ def build_stage1_prior(config, name: str, encoder, image_shape, latent_shape, rn
         prior = priors.registry.get(name).build(tuple(latent_shape), section, rngs)
     except ValueError as e:
         raise ConfigError(f"config.vae.prior={name!r}: {e}") from None
+    if section is not None and section.get("dropout", 0.0) > 0:
+        raise ConfigError(f"config.prior.{name}.dropout={section.dropout}: a prior trained in the ELBO runs without "
+                          "dropout; set it to 0 (stage 2's fits use it)")
     if hasattr(prior, "fit_loss"):
         raise ConfigError(f"config.vae.prior={name!r} is fitted by its own objective, not by log p(z): it cannot "
                           "be trained in the ELBO")

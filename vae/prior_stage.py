@@ -235,7 +235,7 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
     task = loop.Task(desc=f"prior {name}", steps_per_epoch=steps_per_epoch, num_epochs=pc.num_epochs,
                      run_epoch=run_epoch, end_epoch=end_epoch, converged=lambda: stopped_early(wd, name, pc.patience),
                      checkpoint_dir=wd.prior_train_state(name), workdir=wd, tags={"prior": name}, checked=(train_metric,),
-                     error=PriorError)
+                     batch_size=pc.batch_size, error=PriorError)
     init = sharding.put({**optim.init_state(tx, params), "ema": jax.tree.map(jnp.copy, params)}, rep)  # own buffers
     try:
         state, _ = loop.resume(task, init)

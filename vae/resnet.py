@@ -10,13 +10,15 @@ starts as the identity. The encoder returns the posterior's (mean, logvar) like 
 
 from __future__ import annotations
 
+import math
+
 from flax import nnx
 
 from vae.layers import depth_to_space, posterior
 
 
-def _norm(channels: int, rngs, dtype):
-    return nnx.GroupNorm(channels, num_groups=min(32, channels), dtype=dtype, rngs=rngs)
+def _norm(channels: int, rngs, dtype):  # 32 groups, or the most that divide the channels
+    return nnx.GroupNorm(channels, num_groups=math.gcd(32, channels), dtype=dtype, rngs=rngs)
 
 
 class ResBlock(nnx.Module):

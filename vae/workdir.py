@@ -11,10 +11,9 @@
   W/classifier/                  the cached feature classifier of the report
   W/report/                      what sample.py writes
 
-Writers (the stages) and readers (sample.py, `vae.load`, diagnostics, experiments,
-benchmarks) all go through `Workdir`; readers open one with `workdir.open(W)`. Several
-processes: process 0 writes files, and every process enters and leaves each writing method
-together (`_collective`), so none reads a file while the writer changes it.
+Writers (the stages) and readers (sample.py, `vae.load`, diagnostics, experiments) go through
+`Workdir`; readers open one with `workdir.open(W)`. Several processes: process 0 writes, and all
+enter and leave each writing method together (`_collective`): none reads a file being written.
 """
 
 from __future__ import annotations
@@ -39,9 +38,12 @@ import priors
 from vae import checkpoint, models, multihost, optim
 from vae.errors import CheckpointError, PriorError, TrainingError
 
-# Config sections that define the model and its data: a workdir written with other values
-# cannot be resumed with these (training length and logging may change freely).
+# Config sections that define the model and its data (and config.prior.<p> for a prior trained
+# in the VAE): a workdir written with others cannot be resumed (length and logging may change).
 MODEL_SECTIONS = ("data", "vae")
+# A field a workdir predates: what it was then, for those that select a behaviour; the others
+# only size models that did not exist then (if one is asked for, its selector differs).
+IMPLIED = {("vae", "prior"): "normal", ("vae", "likelihood"): "auto", ("data", "local_dir"): ""}
 # Single fields that must also match to resume: they fix the order and noise of every step.
 RESUME_KEYS = (("seed",), ("train", "batch_size"))
 
@@ -122,8 +124,6 @@ class Workdir:
     def __repr__(self):
         return f"Workdir({self.path!r})"
 
-    # ------------------------------------------------------------------ paths
-
     def join(self, *parts) -> str:
         return os.path.join(self.path, *parts)
 
@@ -140,8 +140,6 @@ class Workdir:
     def prior_train_state(self, name: str) -> str:
         return self.join("priors", name, "train_state")  # + optimizer state: resumes a fit
 
-    # ------------------------------------------------------------------ config
-
     def ensure_writable(self) -> None:
         """Fails at once, naming the directory, rather than after an epoch of training."""
         try:
@@ -157,12 +155,14 @@ class Workdir:
         if old is None:
             return
         new = json.loads(config.to_json())
-        diffs = [
-            f"{section}.{k}: {old.get(section, {}).get(k)!r} in workdir, {new[section].get(k)!r} now"
-            for section in MODEL_SECTIONS
-            for k in sorted(set(old.get(section, {})) | set(new[section]))
-            if old.get(section, {}).get(k) != new[section].get(k)
-        ]
+        sections = [(s,) for s in MODEL_SECTIONS]
+        if new["vae"].get("prior", "normal") in priors.registry.names():  # a prior inside the VAE
+            sections.append(("prior", new["vae"]["prior"]))
+        now = lambda sec, k: (_get(new, sec) or {}).get(k)  # noqa: E731
+        was = lambda sec, k: (_get(old, sec) or {}).get(k, IMPLIED.get((*sec, k), now(sec, k)))  # noqa: E731
+        diffs = [f"{'.'.join(sec)}.{k}: {was(sec, k)!r} in workdir, {now(sec, k)!r} now"
+                 for sec in sections for k in sorted(set(_get(old, sec) or {}) | set(_get(new, sec) or {}))
+                 if was(sec, k) != now(sec, k)]
         diffs += [f"{'.'.join(key)}: {_get(old, key)!r} in workdir, {_get(new, key)!r} now"
                   for key in RESUME_KEYS if _get(old, key) != _get(new, key)]
         if diffs:
@@ -267,8 +267,7 @@ class Workdir:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_atomically(path, json.dumps(record, indent=2))
 
-    def prior_record(self, name: str) -> dict | None:
-        """priors/<name>/config.json, or None if there is none."""
+    def prior_record(self, name: str) -> dict | None:  # priors/<name>/config.json, or None
         return _read_json(os.path.join(self.prior_dir(name), "config.json"))
 
     def _prior_record(self, name: str) -> dict:

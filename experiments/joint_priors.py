@@ -84,12 +84,6 @@ def run_report(wd: workdir_lib.Workdir, seed: int) -> dict:
     return report.compare(wd.path, n_samples=_N.value, k=_K.value, seeds=(seed,), command=" ".join(sys.argv))
 
 
-def mean_sd(values) -> dict:
-    values = [float(v) for v in values]
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            "values": values}
-
-
 def markdown(summary: dict) -> str:
     metrics = summary["metrics"]
     lines = [f"# {summary['dataset']}: post-hoc vs jointly trained priors, training seeds {summary['seeds']} "
@@ -132,20 +126,16 @@ def main(argv):
     for recipe in _RECIPES.value:
         for name in reports[recipe, seeds[0]]["priors"]:
             per_seed = [reports[recipe, s]["priors"][name] for s in seeds]
-            row = {"recipe": recipe, "prior": name, **{m: mean_sd(r[m] for r in per_seed) for m in metrics},
-                   "vae_seconds": mean_sd(times[recipe, s]["vae"] for s in seeds)}
+            row = {"recipe": recipe, "prior": name, **{m: report.mean_sd(r[m] for r in per_seed) for m in metrics},
+                   "vae_seconds": report.mean_sd(times[recipe, s]["vae"] for s in seeds)}
             if all(name in times[recipe, s] for s in seeds):
-                row["fit_seconds"] = mean_sd(times[recipe, s][name] for s in seeds)
+                row["fit_seconds"] = report.mean_sd(times[recipe, s][name] for s in seeds)
             rows.append(row)
     summary = {"dataset": reports[_RECIPES.value[0], seeds[0]]["dataset"], "seeds": seeds, "rows": rows, "metrics": metrics,
                "epochs": {"vae": base.train.num_epochs, "prior": base.prior.num_epochs},
                "n_samples": _N.value, "k": _K.value, "command": " ".join(sys.argv),
                "code": workdir_lib.code_version()}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(markdown(summary))
-    print(markdown(summary))
+    report.write_summary(out, summary, markdown(summary))
 
 
 if __name__ == "__main__":

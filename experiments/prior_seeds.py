@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -88,12 +87,6 @@ def seed_report(wd, seed: int) -> dict:
     return report.compare(wd.path, n_samples=_N.value, k=_K.value, seeds=(seed,), command=" ".join(sys.argv))
 
 
-def mean_sd(values) -> dict:
-    values = [float(v) for v in values]
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            "values": values}
-
-
 def verdicts(table: dict) -> list[dict]:
     """For each metric: does the best autoregressive prior beat the GMM by > 2 sd?"""
     ar = [n for n in table if n in AUTOREGRESSIVE]
@@ -154,18 +147,14 @@ def main(argv):
     table = {}
     for name in [n for n in reports[seeds[0]]["priors"] if all(n in reports[s]["priors"] for s in seeds)]:
         rows = [reports[s]["priors"][name] for s in seeds]
-        table[name] = {m: mean_sd(r[m] for r in rows) for m in METRICS}
-        table[name]["sampling_seconds"] = mean_sd(r["sampling_seconds"] for r in rows)
+        table[name] = {m: report.mean_sd(r[m] for r in rows) for m in METRICS}
+        table[name]["sampling_seconds"] = report.mean_sd(r["sampling_seconds"] for r in rows)
         if fit_seconds.get(name):
-            table[name]["fit_seconds"] = mean_sd(fit_seconds[name].values())
+            table[name]["fit_seconds"] = report.mean_sd(fit_seconds[name].values())
     summary = {"dataset": reports[seeds[0]]["dataset"], "seeds": seeds, "priors": table, "verdicts": verdicts(table),
                "n_samples": _N.value, "k": _K.value, "command": " ".join(sys.argv),
                "code": workdir_lib.code_version(), "vae": reports[seeds[0]]["vae"]}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(markdown(summary))
-    print(markdown(summary))
+    report.write_summary(out, summary, markdown(summary))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,22 @@ def summarize(per_seed: list[dict]) -> dict:
     return out
 
 
+def mean_sd(values) -> dict:
+    """{'mean', 'sd' (ddof=1; 0 for one value), 'values'}: a number over seeds, as experiments report it."""
+    values = [float(v) for v in values]
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def write_summary(out_dir: str, summary: dict, text: str) -> None:
+    """An experiment's summary.json and summary.md in `out_dir`; prints the markdown."""
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
 def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000, k: int = 10, seeds=(0,),
             command: str | None = None) -> dict:
     """The report over sample seeds `seeds`: each seed draws its own latents, importance

@@ -25,13 +25,23 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.num_train = 0  # 0: all; else the first n training images
 
     config.vae = ml_collections.ConfigDict()
-    config.vae.arch = "conv"  # 'conv' (spatial latent), 'resnet' (spatial, residual) or 'mlp' (vector)
+    # 'conv' (spatial latent), 'resnet' (spatial, residual), 'mlp' (vector) or 'vq' (the conv
+    # stacks around a vector quantizer: a (H/4, W/4) map of codes; configs/*_vq.py)
+    config.vae.arch = "conv"
     config.vae.latent_shape = (7, 7, 4)  # conv: (H/4, W/4, c)
     config.vae.latent_dim = 16  # mlp
     config.vae.hidden = (512, 256)  # mlp
     config.vae.channels = (32, 64)  # conv
     config.vae.resnet_widths = (64, 128, 256)  # resnet: one level per width; latent at H / 2**(levels-1)
     config.vae.resnet_blocks = 2  # resnet: residual blocks per level
+    # vq: K codes of code_dim numbers; loss = -log p(x|z_q) + commitment ||z_e - sg(z_q)||^2; the
+    # codebook an EMA (decay) of the encoder outputs each code gets, a code whose EMA count per
+    # step falls below dead_code_threshold restarted at an encoder output of the batch.
+    config.vae.num_codes = 256
+    config.vae.code_dim = 16
+    config.vae.commitment = 0.25
+    config.vae.codebook_decay = 0.99
+    config.vae.dead_code_threshold = 0.01
     config.vae.beta = 1.0
     config.vae.kl = "analytic"  # or 'mc' (single-sample Monte-Carlo)
     # p(x|z): 'auto' is Bernoulli on binarized data, the discretized logistic on 8-bit grey and

@@ -31,25 +31,33 @@ from priors.transformer import Transformer  # noqa: E402
 __all__ = ["GMM", "MADE", "NAMES", "BASELINE", "PixelCNN", "Prior", "StandardNormal", "Transformer", "build", "registry"]
 NAMES = registry.names()
 BASELINE = "standard_normal"  # N(0, I), the default stage-1 prior; every report scores it beside the others
+BASELINES = {"continuous": BASELINE, "categorical": "uniform"}  # the prior stage 1 trained with, per latent kind
 
 
 class Prior(Protocol):
     latent_shape: tuple[int, ...]
 
     def log_prob(self, z: jax.Array) -> jax.Array:
-        """(B, *latent_shape) -> (B,): normalized log-density in nats. Priors with a `dropout`
-        option also take `dropout_key=` (stage 2 passes a fresh one per training step)."""
+        """(B, *latent_shape) -> (B,): normalized log-density in nats (over a VQ-VAE's integer
+        code maps: the log-probability of each map). Priors with a `dropout` option also take
+        `dropout_key=` (stage 2 passes a fresh one per training step)."""
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """-> (n, *latent_shape)."""
 
 
-def build(name: str, latent_shape, prior_config=None, *, seed: int = 0) -> Prior:
-    """The prior `name` for `latent_shape` with hyper-parameters from config.prior.<name>."""
+def build(name: str, latent_shape, prior_config=None, *, seed: int = 0, num_codes: int | None = None) -> Prior:
+    """The prior `name` for `latent_shape` with hyper-parameters from config.prior.<name>; a
+    categorical prior (over code maps) also needs the codebook size `num_codes`."""
     if name not in registry.names():
         raise ValueError(f"config.prior.name: unknown prior {name!r}; expected one of {registry.names()}")
     spec = registry.get(name)
     section = prior_config.get(name) if prior_config is not None else None
     if spec.config and section is None:
         raise ValueError(f"config.prior.{name} is missing: the hyper-parameters of prior {name!r}")
-    return spec.build(tuple(int(s) for s in latent_shape), section, nnx.Rngs(seed))
+    shape, rngs = tuple(int(s) for s in latent_shape), nnx.Rngs(seed)
+    if spec.latents == "categorical":
+        if num_codes is None:
+            raise ValueError(f"prior {name!r} models VQ code maps: it needs num_codes")
+        return spec.build(shape, section, rngs, num_codes=int(num_codes))
+    return spec.build(shape, section, rngs)

@@ -1,7 +1,8 @@
-"""Gated PixelCNN prior over spatial latents (H, W, C) (van den Oord et al. 2016).
-
-Order: positions in raster order, channels in order within a position. The density of each
-element is a continuous mixture of logistics (`priors.mixture`).
+"""Gated PixelCNN priors (van den Oord et al. 2016), one body (`GatedPixelCNN`), two heads:
+  * `PixelCNN` ('pixelcnn'): continuous spatial latents (H, W, C); positions in raster order,
+    channels in order within a position, each element a mixture of logistics (`priors.mixture`);
+  * `CodePixelCNN` ('pixelcnn_codes'): a VQ-VAE's (H, W) maps of codes in [0, K); the body
+    reads learned code embeddings, the head is a softmax over the K codes per position.
 
 Causality without masks, by shifting (as PixelCNN++ does), with a full receptive field:
   * the vertical stack v starts as down_shift(conv(z)) whose kernel spans H rows and 2W-1
@@ -13,16 +14,16 @@ Causality without masks, by shifting (as PixelCNN++ does), with a full receptive
   * v feeds h at the same position, so every conditional sees every earlier position at any
     depth (tests/test_priors.py checks it with the Jacobian, element by element). The input
     convs cost one (H x 2W-1) and one (1 x W) kernel; the layers stay small.
-Within a position, channel c's parameters add a strictly lower-triangular linear map of the
+Within a position (continuous latents), channel c's parameters add a strictly lower-triangular linear map of the
 channels < c to the position's features (`mixture.ChannelHead`).
 Training-time dropout (config `dropout`) acts on each gated layer's residual branch when
 `log_prob` is given a `dropout_key`.
 
 Sampling is a `lax.fori_loop` under jit in two modes that draw identical samples for a key:
-  * 'naive': the whole network on the whole canvas for every element (H*W*C passes);
+  * 'naive': the whole network on the whole canvas for every position (H*W passes);
   * 'fast':  every layer's activations cached; per row, each vertical layer computes that
-    row only; per position, each horizontal layer that position only; per channel, the
-    channel head at that position. The same numbers computed on much less data.
+    row only; per position, each horizontal layer that position only, then the head draws
+    the position (channel by channel, or one code). The same numbers on much less data.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from priors import mixture
+from priors.categorical import CodeHead, categorical_log_prob
 from priors.registry import Spec, register
 
 
@@ -113,50 +115,47 @@ class GatedLayer(nnx.Module):
         return h + mixture.dropout(key, self.h_out(gate(self.h_conv(h) + link)), self.dropout)
 
 
-class PixelCNN(nnx.Module):
-    def __init__(self, latent_shape, features=64, num_layers=4, kernel_size=3, num_mixtures=5, dropout=0.0, *,
-                 rngs: nnx.Rngs):
-        if len(latent_shape) != 3:
-            raise ValueError(f"PixelCNN models spatial latents (h, w, c); got {tuple(latent_shape)}: use 'made'")
+class GatedPixelCNN(nnx.Module):
+    """The network body both PixelCNN priors share: an input of `in_channels` per position ->
+    features per position that see exactly the positions before it in raster order. Subclasses
+    say what the input is (`_input`), what the head makes of the features, and how a sampler
+    fills one position (`_fill`)."""
+
+    def __init__(self, grid, in_channels, features, num_layers, kernel_size, dropout, *, rngs: nnx.Rngs):
         if num_layers < 1 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"PixelCNN needs num_layers >= 1 and an odd kernel_size; got {num_layers}, {kernel_size}")
-        self.latent_shape = tuple(latent_shape)
-        self.num_mixtures = num_mixtures
-        hgt, wid, c = latent_shape
+        hgt, wid = grid
         f, k = features, kernel_size
-        self.v_in = DownConv(c, f, hgt, 2 * wid - 1, rngs=rngs)  # every row above, every column
+        self.v_in = DownConv(in_channels, f, hgt, 2 * wid - 1, rngs=rngs)  # every row above, every column
         self.v_in_to_h = nnx.Linear(f, f, rngs=rngs)
-        self.h_in = RightConv(c, f, wid, rngs=rngs)  # every column to the left
+        self.h_in = RightConv(in_channels, f, wid, rngs=rngs)  # every column to the left
         self.layers = nnx.List([GatedLayer(f, k, dropout, rngs=rngs) for _ in range(num_layers)])
-        self.head = mixture.ChannelHead(c, f, num_mixtures, rngs=rngs)
 
     # ------------------------------------------------------------------ network pieces
 
-    def vertical(self, z, key=None):
+    def vertical(self, u, key=None):
         """Everything the vertical stack gives h: a list of links, one per h-layer (+ input)."""
-        v = down_shift(self.v_in(z))  # rows < i
+        v = down_shift(self.v_in(u))  # rows < i
         links = [self.v_in_to_h(v)]
         for layer, k in zip(self.layers, mixture.dropout_keys(key, len(self.layers))):
             v, link = layer.vertical(v, k)
             links.append(link)
         return links
 
-    def horizontal(self, z_rows, links_rows, key=None):
-        """Features per position for the given rows of z and of the vertical links."""
-        h = links_rows[0] + right_shift(self.h_in(z_rows))
+    def horizontal(self, u_rows, links_rows, key=None):
+        """Features per position for the given rows of the input and of the vertical links."""
+        h = links_rows[0] + right_shift(self.h_in(u_rows))
         for layer, link, k in zip(self.layers, links_rows[1:], mixture.dropout_keys(key, len(self.layers))):
             h = layer.horizontal(h, link, k)
         return self.head.features(h)
 
-    def params(self, z, dropout_key=None):
-        """z (B, H, W, C) -> (B, H, W, C, 3K); dropout in the layers when given a key."""
+    def features(self, z, dropout_key=None):
+        """z (B, H, W, ...) -> the head's features (B, H, W, F); dropout in the layers when given a key."""
         kv, kh = mixture.dropout_keys(dropout_key, 2)
-        return self.head(self.horizontal(z, self.vertical(z, kv), kh), z)
+        u = self._input(z)
+        return self.horizontal(u, self.vertical(u, kv), kh)
 
-    # ------------------------------------------------------------------ the Prior interface
-
-    def log_prob(self, z, dropout_key=None):
-        return jnp.sum(mixture.log_prob(self.params(z, dropout_key), z).reshape(z.shape[0], -1), axis=-1)
+    # ------------------------------------------------------------------ sampling
 
     def sample(self, key, n: int, mode: str = "fast"):
         if mode == "naive":
@@ -165,35 +164,30 @@ class PixelCNN(nnx.Module):
             return self._sample_fast(key, n)
         raise ValueError(f"sampling mode {mode!r}; expected 'fast' or 'naive'")
 
-    def _draw(self, key, element, params):
-        return mixture.sample(jax.random.fold_in(key, element), params)
-
     def _sample_naive(self, key, n):
-        hgt, wid, ch = self.latent_shape
+        hgt, wid = self.latent_shape[:2]
 
         def body(e, z):
-            i, rest = jnp.divmod(e, wid * ch)
-            j, c = jnp.divmod(rest, ch)
-            p = self.params(z)[:, i, j, c]
-            return z.at[:, i, j, c].set(self._draw(key, e, p))
+            i, j = jnp.divmod(e, wid)
+            return self._fill(self.features(z)[:, i, j], z, i, j, key)
 
-        return jax.lax.fori_loop(0, hgt * wid * ch, body, jnp.zeros((n, *self.latent_shape)))
+        return jax.lax.fori_loop(0, hgt * wid, body, self._canvas(n))
 
     def _sample_fast(self, key, n):
         """Row by row, carrying for every layer only the window its causal kernel needs:
         the last kh-1 rows of each vertical layer's input, and within a row the last kw-1
-        columns of each horizontal layer's input. The input convs read z itself: the H rows
-        above row i, and the W columns left of (i, j). Each layer then computes one new row
-        (or one new position) per step: the same numbers as `params`, on much less data."""
-        hgt, wid, ch = self.latent_shape
+        columns of each horizontal layer's input. The input convs read the input itself: the H
+        rows above row i, and the W columns left of (i, j). Each layer then computes one new row
+        (or one new position) per step: the same numbers as `features`, on much less data."""
+        hgt, wid = self.latent_shape[:2]
         f = self.v_in.conv.out_features
         kh, kw = self.layers[0].v_conv.kh, self.layers[0].h_conv.kw  # the layers' windows
         num_layers = len(self.layers)
 
         def row(i, carry):
             z, v_prev = carry  # v_prev[l]: rows i-kh+1 .. i-1 of layer l's input (B, kh-1, W, F)
-            zp = jnp.pad(z, ((0, 0), (hgt, 0), (0, 0), (0, 0)))
-            v = self.v_in.last_row(jax.lax.dynamic_slice_in_dim(zp, i, hgt, axis=1))  # z rows i-H .. i-1
+            up = jnp.pad(self._input(z), ((0, 0), (hgt, 0), (0, 0), (0, 0)))
+            v = self.v_in.last_row(jax.lax.dynamic_slice_in_dim(up, i, hgt, axis=1))  # input rows i-H .. i-1
             v = jnp.where(i == 0, 0.0, v)  # down_shift: row 0 of v_0 sees nothing
             links, v_next = [self.v_in_to_h(v)], []
             for l, layer in enumerate(self.layers):
@@ -204,29 +198,93 @@ class PixelCNN(nnx.Module):
 
             def position(j, carry):
                 z, h_prev = carry  # h_prev[l]: columns j-kw+1 .. j-1 of layer l's input
-                z_row = jnp.pad(jax.lax.dynamic_slice_in_dim(z, i, 1, axis=1), ((0, 0), (0, 0), (wid, 0), (0, 0)))
-                h_in = conv_as_matmul(self.h_in.conv, jax.lax.dynamic_slice_in_dim(z_row, j, wid, axis=2))  # z cols j-W .. j-1
+                u_row = jnp.pad(self._input(jax.lax.dynamic_slice_in_dim(z, i, 1, axis=1)),
+                                ((0, 0), (0, 0), (wid, 0), (0, 0)))
+                h_in = conv_as_matmul(self.h_in.conv, jax.lax.dynamic_slice_in_dim(u_row, j, wid, axis=2))  # cols j-W .. j-1
                 h = jax.lax.dynamic_slice_in_dim(links[0], j, 1, axis=2) + jnp.where(j == 0, 0.0, h_in)
                 h_next = []
                 for l, layer in enumerate(self.layers):
                     cols = jnp.concatenate([h_prev[l], h], axis=2)
                     h_next.append(cols[:, :, 1:])
                     h = layer.horizontal_position(cols, jax.lax.dynamic_slice_in_dim(links[l + 1], j, 1, axis=2))
-                feat = self.head.features(h)[:, 0, 0]
-
-                def channel(c, z):
-                    p = self.head(feat, z[:, i, j])[:, c]
-                    return z.at[:, i, j, c].set(self._draw(key, (i * wid + j) * ch + c, p))
-
-                return jax.lax.fori_loop(0, ch, channel, z), h_next
+                return self._fill(self.head.features(h)[:, 0, 0], z, i, j, key), h_next
 
             h0 = [jnp.zeros((n, 1, kw - 1, f)) for _ in range(num_layers)]
             z, _ = jax.lax.fori_loop(0, wid, position, (z, h0))
             return z, v_next
 
         v0 = [jnp.zeros((n, kh - 1, wid, f)) for _ in range(num_layers)]
-        z, _ = jax.lax.fori_loop(0, hgt, row, (jnp.zeros((n, *self.latent_shape)), v0))
+        z, _ = jax.lax.fori_loop(0, hgt, row, (self._canvas(n), v0))
         return z
+
+
+class PixelCNN(GatedPixelCNN):
+    """Over continuous spatial latents (H, W, C): a mixture of logistics per element, channels
+    in order within a position (`mixture.ChannelHead`)."""
+
+    def __init__(self, latent_shape, features=64, num_layers=4, kernel_size=3, num_mixtures=5, dropout=0.0, *,
+                 rngs: nnx.Rngs):
+        if len(latent_shape) != 3:
+            raise ValueError(f"PixelCNN models spatial latents (h, w, c); got {tuple(latent_shape)}: use 'made'")
+        self.latent_shape = tuple(latent_shape)
+        self.num_mixtures = num_mixtures
+        super().__init__(latent_shape[:2], latent_shape[2], features, num_layers, kernel_size, dropout, rngs=rngs)
+        self.head = mixture.ChannelHead(latent_shape[2], features, num_mixtures, rngs=rngs)
+
+    def _input(self, z):
+        return z
+
+    def _canvas(self, n):
+        return jnp.zeros((n, *self.latent_shape))
+
+    def params(self, z, dropout_key=None):
+        """z (B, H, W, C) -> (B, H, W, C, 3K); dropout in the layers when given a key."""
+        return self.head(self.features(z, dropout_key), z)
+
+    def log_prob(self, z, dropout_key=None):
+        return jnp.sum(mixture.log_prob(self.params(z, dropout_key), z).reshape(z.shape[0], -1), axis=-1)
+
+    def _fill(self, feat, z, i, j, key):
+        """Draws position (i, j)'s channels in order from the features there (B, F)."""
+        _, wid, ch = self.latent_shape
+
+        def channel(c, z):
+            p = self.head(feat, z[:, i, j])[:, c]
+            return z.at[:, i, j, c].set(mixture.sample(jax.random.fold_in(key, (i * wid + j) * ch + c), p))
+
+        return jax.lax.fori_loop(0, ch, channel, z)
+
+
+class CodePixelCNN(GatedPixelCNN):
+    """Over a VQ-VAE's code maps (H, W) of integers in [0, K): the same body on learned code
+    embeddings, a softmax over the K codes per position (VQ-VAE's stage 2)."""
+
+    def __init__(self, latent_shape, num_codes, features=64, num_layers=4, kernel_size=3, dropout=0.0, *,
+                 rngs: nnx.Rngs):
+        if len(latent_shape) != 2:
+            raise ValueError(f"a code prior models (h, w) maps of codes; got {tuple(latent_shape)}")
+        self.latent_shape, self.num_codes = tuple(latent_shape), int(num_codes)
+        self.embed = nnx.Embed(num_codes, features, rngs=rngs)
+        super().__init__(latent_shape, features, features, num_layers, kernel_size, dropout, rngs=rngs)
+        self.head = CodeHead(features, num_codes, rngs=rngs)
+
+    def _input(self, codes):
+        return self.embed(codes)
+
+    def _canvas(self, n):
+        return jnp.zeros((n, *self.latent_shape), jnp.int32)
+
+    def logits(self, codes, dropout_key=None):
+        """codes (B, H, W) -> (B, H, W, K): position (i, j) sees the codes before it only."""
+        return self.head(self.features(codes, dropout_key))
+
+    def log_prob(self, codes, dropout_key=None):
+        return categorical_log_prob(self.logits(codes, dropout_key), codes)
+
+    def _fill(self, feat, codes, i, j, key):
+        wid = self.latent_shape[1]
+        draw = jax.random.categorical(jax.random.fold_in(key, i * wid + j), self.head(feat), axis=-1)
+        return codes.at[:, i, j].set(draw.astype(jnp.int32))
 
 
 register(Spec(
@@ -237,4 +295,14 @@ register(Spec(
     config=dict(features=64, num_layers=4, kernel_size=3, num_mixtures=5, dropout=0.0),
     smoke=dict(features=16, num_layers=2, num_mixtures=3),
     doc="gated PixelCNN over spatial latents",
+))
+register(Spec(
+    name="pixelcnn_codes",
+    fit="gradient",
+    latents="categorical",
+    build=lambda latent_shape, c, rngs, num_codes: CodePixelCNN(latent_shape, num_codes, c.features, c.num_layers,
+                                                                 c.kernel_size, c.dropout, rngs=rngs),
+    config=dict(features=64, num_layers=4, kernel_size=3, dropout=0.0),
+    smoke=dict(features=16, num_layers=2),
+    doc="gated PixelCNN over VQ code maps, softmax over the codes",
 ))

@@ -9,6 +9,9 @@ A `Spec` says everything the rest of the codebase needs to know about a prior:
   config     defaults of config.prior.<name>; `smoke` overrides them in the smoke preset.
   density    what log_prob returns: 'exact' (a normalized log-density) or 'estimate' (e.g. a
              probability-flow ODE); the report labels numbers computed from an estimate.
+  latents    'continuous' (real latents of a Gaussian-posterior VAE) or 'categorical' (a
+             VQ-VAE's integer code maps (h, w) in [0, K): build then also takes num_codes=K,
+             log_prob is the log-probability of the map, sample returns maps).
 
 Adding a prior is one module in priors/ that calls `register(Spec(...))`; `configs/base.py`
 builds config.prior.<name> from the spec, and stage 2, sample.py and `vae.load` find it here.
@@ -20,6 +23,7 @@ import dataclasses
 from typing import Callable
 
 FIT_KINDS = ("gradient", "em", "none")
+LATENTS = ("continuous", "categorical")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Spec:
     smoke: dict = dataclasses.field(default_factory=dict)
     em: Callable | None = None
     density: str = "exact"
+    latents: str = "continuous"
     doc: str = ""
 
     def __post_init__(self):
@@ -38,6 +43,8 @@ class Spec:
             raise ValueError(f"prior {self.name!r}: fit={self.fit!r}; expected one of {FIT_KINDS}")
         if self.density not in ("exact", "estimate"):
             raise ValueError(f"prior {self.name!r}: density={self.density!r}; expected 'exact' or 'estimate'")
+        if self.latents not in LATENTS:
+            raise ValueError(f"prior {self.name!r}: latents={self.latents!r}; expected one of {LATENTS}")
         if (self.fit == "em") != (self.em is not None):
             raise ValueError(f"prior {self.name!r}: an 'em' prior needs em=, and only it")
 
@@ -52,9 +59,9 @@ def register(spec: Spec) -> Spec:
     return spec
 
 
-def names(fit: str | None = None) -> tuple[str, ...]:
-    """Registered prior names (those fitted as `fit`, if given), in registration order."""
-    return tuple(n for n, s in _SPECS.items() if fit is None or s.fit == fit)
+def names(fit: str | None = None, latents: str | None = None) -> tuple[str, ...]:
+    """Registered prior names (those fitted as `fit`, over `latents`, if given), in registration order."""
+    return tuple(n for n, s in _SPECS.items() if (fit is None or s.fit == fit) and (latents is None or s.latents == latents))
 
 
 def get(name: str) -> Spec:

@@ -1,5 +1,6 @@
-"""A causal transformer prior over latent positions (as in VQ-VAE-2 / DALL-E's stage 2, over
-continuous latents).
+"""Causal transformer priors over latent positions (as in VQ-VAE-2 / DALL-E's stage 2), one
+body (`CausalTransformer`), two heads: `Transformer` ('transformer') over continuous latents,
+`CodeTransformer` ('transformer_codes') over a VQ-VAE's code maps, a softmax over K codes.
 
 Order: positions in raster order (a spatial latent (H, W, C) is H*W positions of C channels;
 a vector latent (d,) is d positions of one channel), channels in order within a position.
@@ -11,7 +12,7 @@ Training-time dropout (config `dropout`) acts on every residual branch when `log
 given a `dropout_key`.
 
 Sampling, under jit, in two modes that draw identical samples for a key:
-  * 'naive':  the whole network on the whole sequence for every element (T*C passes);
+  * 'naive':  the whole network on the whole sequence for every position (T passes);
   * 'cached': one `lax.scan` over positions carrying every layer's keys and values
     (a KV cache), so each step runs the network on one new position only.
 """
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from priors import mixture
+from priors.categorical import CodeHead, categorical_log_prob
 from priors.registry import Spec, register
 
 
@@ -72,7 +74,63 @@ class Block(nnx.Module):
         return self._finish(x, jnp.einsum("bhs,bshd->bhd", weights, values)), (keys, values)
 
 
-class Transformer(nnx.Module):
+class CausalTransformer(nnx.Module):
+    """The body both transformer priors share: token t's input is the embedding of token t-1
+    (a learned start vector at t = 0) plus a position embedding; causal blocks; a final
+    LayerNorm. Subclasses give `embed` (what a token is), the head, and how a sampler draws
+    position t (`_draw_position`)."""
+
+    def __init__(self, positions, features, num_layers, num_heads, dropout, *, rngs: nnx.Rngs):
+        f = features
+        self.start = nnx.Param(jnp.zeros((f,)))
+        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (positions, f)))
+        self.blocks = nnx.List([Block(f, num_heads, dropout, rngs=rngs) for _ in range(num_layers)])
+        self.ln_out = nnx.LayerNorm(f, rngs=rngs)
+
+    def trunk(self, seq, dropout_key=None):
+        """seq (B, T, ...) -> features (B, T, F) of the head; position t sees positions < t."""
+        start = jnp.broadcast_to(self.start[...], (seq.shape[0], 1, self.start.shape[0]))
+        x = jnp.concatenate([start, self.embed(seq[:, :-1])], axis=1) + self.position[...]
+        for block, k in zip(self.blocks, mixture.dropout_keys(dropout_key, len(self.blocks))):
+            x = block(x, k)
+        return self.head.features(self.ln_out(x))
+
+    def sample(self, key, n: int, mode: str = "cached"):
+        if mode == "naive":
+            seq = self._sample_naive(key, n)
+        elif mode == "cached":
+            seq = self._sample_cached(key, n)
+        else:
+            raise ValueError(f"sampling mode {mode!r}; expected 'cached' or 'naive'")
+        return seq.reshape(n, *self.latent_shape)
+
+    def _sample_naive(self, key, n):
+        def body(t, seq):
+            return self._draw_position(self.trunk(seq)[:, t], seq, t, key)
+
+        return jax.lax.fori_loop(0, self.positions, body, self._canvas(n))
+
+    def _sample_cached(self, key, n):
+        f = self.start.shape[0]
+
+        def position(carry, t):
+            seq, caches = carry
+            previous = self.embed(jax.lax.dynamic_index_in_dim(seq, jnp.maximum(t - 1, 0), 1, keepdims=False))
+            x = jnp.where(t == 0, self.start[...], previous) + self.position[t]
+            new_caches = []
+            for block, cache in zip(self.blocks, caches):
+                x, cache = block.step(x, cache, t)
+                new_caches.append(cache)
+            return (self._draw_position(self.head.features(self.ln_out(x)), seq, t, key), new_caches), None
+
+        caches = [(jnp.zeros((n, self.positions, b.num_heads, f // b.num_heads)),) * 2 for b in self.blocks]
+        (seq, _), _ = jax.lax.scan(position, (self._canvas(n), caches), jnp.arange(self.positions))
+        return seq
+
+
+class Transformer(CausalTransformer):
+    """Over continuous latents: a mixture of logistics per channel (`mixture.ChannelHead`)."""
+
     def __init__(self, latent_shape, features=64, num_layers=4, num_heads=4, num_mixtures=5, dropout=0.0, *,
                  rngs: nnx.Rngs):
         if len(latent_shape) not in (1, 3):
@@ -81,73 +139,61 @@ class Transformer(nnx.Module):
         self.num_mixtures = num_mixtures
         self.positions = math.prod(latent_shape[:-1]) if len(latent_shape) == 3 else latent_shape[0]
         self.channels = latent_shape[-1] if len(latent_shape) == 3 else 1
-        f = features
-        self.embed = nnx.Linear(self.channels, f, rngs=rngs)
-        self.start = nnx.Param(jnp.zeros((f,)))
-        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (self.positions, f)))
-        self.blocks = nnx.List([Block(f, num_heads, dropout, rngs=rngs) for _ in range(num_layers)])
-        self.ln_out = nnx.LayerNorm(f, rngs=rngs)
-        self.head = mixture.ChannelHead(self.channels, f, num_mixtures, rngs=rngs)
+        self.embed = nnx.Linear(self.channels, features, rngs=rngs)
+        super().__init__(self.positions, features, num_layers, num_heads, dropout, rngs=rngs)
+        self.head = mixture.ChannelHead(self.channels, features, num_mixtures, rngs=rngs)
 
     def _sequence(self, z):
         return z.reshape(z.shape[0], self.positions, self.channels)
 
+    def _canvas(self, n):
+        return jnp.zeros((n, self.positions, self.channels))
+
     def params(self, z, dropout_key=None):
         """z (B, *latent_shape) -> (B, T, C, 3K); position t sees positions < t."""
         zs = self._sequence(z)
-        start = jnp.broadcast_to(self.start[...], (zs.shape[0], 1, self.start.shape[0]))
-        x = jnp.concatenate([start, self.embed(zs[:, :-1])], axis=1) + self.position[...]
-        for block, k in zip(self.blocks, mixture.dropout_keys(dropout_key, len(self.blocks))):
-            x = block(x, k)
-        return self.head(self.head.features(self.ln_out(x)), zs)
+        return self.head(self.trunk(zs, dropout_key), zs)
 
     def log_prob(self, z, dropout_key=None):
         zs = self._sequence(z)
         return jnp.sum(mixture.log_prob(self.params(z, dropout_key), zs).reshape(z.shape[0], -1), axis=-1)
 
-    def sample(self, key, n: int, mode: str = "cached"):
-        if mode == "naive":
-            zs = self._sample_naive(key, n)
-        elif mode == "cached":
-            zs = self._sample_cached(key, n)
-        else:
-            raise ValueError(f"sampling mode {mode!r}; expected 'cached' or 'naive'")
-        return zs.reshape(n, *self.latent_shape)
+    def _draw_position(self, features, zs, t, key):
+        """Position t's channels in order, from its features (B, F)."""
 
-    def _draw(self, key, element, params):
-        return mixture.sample(jax.random.fold_in(key, element), params)
+        def channel(c, zs):
+            p = self.head(features, zs[:, t])[:, c]
+            return zs.at[:, t, c].set(mixture.sample(jax.random.fold_in(key, t * self.channels + c), p))
 
-    def _sample_naive(self, key, n):
-        def body(e, zs):
-            t, c = jnp.divmod(e, self.channels)
-            p = self.params(zs)[:, t, c]
-            return zs.at[:, t, c].set(self._draw(key, e, p))
+        return jax.lax.fori_loop(0, self.channels, channel, zs)
 
-        return jax.lax.fori_loop(0, self.positions * self.channels, body, jnp.zeros((n, self.positions, self.channels)))
 
-    def _sample_cached(self, key, n):
-        f = self.start.shape[0]
+class CodeTransformer(CausalTransformer):
+    """Over a VQ-VAE's (h, w) code maps: learned code embeddings in, a softmax over K codes out."""
 
-        def position(carry, t):
-            zs, caches = carry
-            previous = self.embed(jax.lax.dynamic_index_in_dim(zs, jnp.maximum(t - 1, 0), 1, keepdims=False))
-            x = jnp.where(t == 0, self.start[...], previous) + self.position[t]
-            new_caches = []
-            for block, cache in zip(self.blocks, caches):
-                x, cache = block.step(x, cache, t)
-                new_caches.append(cache)
-            features = self.head.features(self.ln_out(x))
+    def __init__(self, latent_shape, num_codes, features=64, num_layers=4, num_heads=4, dropout=0.0, *,
+                 rngs: nnx.Rngs):
+        if len(latent_shape) != 2:
+            raise ValueError(f"a code prior models (h, w) maps of codes; got {tuple(latent_shape)}")
+        self.latent_shape, self.num_codes = tuple(latent_shape), int(num_codes)
+        self.positions = math.prod(latent_shape)
+        self.embed = nnx.Embed(num_codes, features, rngs=rngs)
+        super().__init__(self.positions, features, num_layers, num_heads, dropout, rngs=rngs)
+        self.head = CodeHead(features, num_codes, rngs=rngs)
 
-            def channel(c, zs):
-                p = self.head(features, zs[:, t])[:, c]
-                return zs.at[:, t, c].set(self._draw(key, t * self.channels + c, p))
+    def _canvas(self, n):
+        return jnp.zeros((n, self.positions), jnp.int32)
 
-            return (jax.lax.fori_loop(0, self.channels, channel, zs), new_caches), None
+    def logits(self, codes, dropout_key=None):
+        """codes (B, h, w) -> (B, h w, K), position t seeing the codes before it."""
+        return self.head(self.trunk(codes.reshape(codes.shape[0], -1), dropout_key))
 
-        caches = [(jnp.zeros((n, self.positions, b.num_heads, f // b.num_heads)),) * 2 for b in self.blocks]
-        (zs, _), _ = jax.lax.scan(position, (jnp.zeros((n, self.positions, self.channels)), caches),
-                                  jnp.arange(self.positions))
-        return zs
+    def log_prob(self, codes, dropout_key=None):
+        return categorical_log_prob(self.logits(codes, dropout_key), codes.reshape(codes.shape[0], -1))
+
+    def _draw_position(self, features, seq, t, key):
+        draw = jax.random.categorical(jax.random.fold_in(key, t), self.head(features), axis=-1)
+        return seq.at[:, t].set(draw.astype(jnp.int32))
 
 
 # Default size, measured on the 2-core CPU (7x7x4 latent, batch 128, 8 steps per call): 64
@@ -162,4 +208,14 @@ register(Spec(
     config=dict(features=64, num_layers=4, num_heads=4, num_mixtures=5, dropout=0.0),
     smoke=dict(features=16, num_layers=1, num_heads=2, num_mixtures=3),
     doc="causal transformer over latent positions, KV-cached sampling",
+))
+register(Spec(
+    name="transformer_codes",
+    fit="gradient",
+    latents="categorical",
+    build=lambda latent_shape, c, rngs, num_codes: CodeTransformer(latent_shape, num_codes, c.features, c.num_layers,
+                                                                    c.num_heads, c.dropout, rngs=rngs),
+    config=dict(features=64, num_layers=4, num_heads=4, dropout=0.0),
+    smoke=dict(features=16, num_layers=1, num_heads=2),
+    doc="causal transformer over VQ code maps, softmax over the codes",
 ))

@@ -101,6 +101,8 @@ def fit_config(name):
     c.prior.gmm.num_components = 4
     c.prior.transformer.update(features=32, num_layers=1, num_heads=2, num_mixtures=4)
     c.prior.realnvp.update(num_blocks=8, hidden=64)
+    if name == "transformer":  # measured: 0.009 nats from the entropy in 12 epochs of 512 (29 s, not 43)
+        c.prior.update(num_epochs=12, batch_size=512)
     return c
 
 

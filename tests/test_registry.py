@@ -71,7 +71,9 @@ def test_a_registered_prior_is_configured_fitted_loaded_and_reported(registered,
 
 
 def test_registry_lists_every_prior_by_fit_kind():
-    assert registry.names(fit="none") == ("standard_normal",)
+    assert registry.names(fit="none") == ("standard_normal", "uniform")
+    assert registry.names(fit="none", latents="continuous") == ("standard_normal",)
+    assert set(registry.names(latents="categorical")) == {"uniform", "pixelcnn_codes", "transformer_codes"}
     assert set(registry.names(fit="gradient")) >= {"made", "pixelcnn", "transformer"}
     assert registry.names(fit="em") == ("gmm",)
     assert set(priors.NAMES) == set(registry.names())
@@ -79,5 +81,9 @@ def test_registry_lists_every_prior_by_fit_kind():
         registry.Spec(name="broken", fit="em", build=lambda *a: None)
     with pytest.raises(ValueError, match="fit='adam'"):
         registry.Spec(name="broken", fit="adam", build=lambda *a: None)
+    with pytest.raises(ValueError, match="latents='discrete'"):
+        registry.Spec(name="broken", fit="none", latents="discrete", build=lambda *a: None)
+    with pytest.raises(ValueError, match="needs num_codes"):
+        priors.build("uniform", (2, 2))
     with pytest.raises(ValueError, match="unknown prior 'flow'"):
         priors.build("flow", (2,))

@@ -142,6 +142,9 @@ def plot_latent_map_2d(mu, labels, train_means, train_logvars, priors, key, deco
 
 def diagnose(workdir: str, out_dir: str | None = None, *, seed: int = 0, max_train: int = 20000) -> dict:
     run = loading.load(workdir)
+    if run.model.latents != "continuous":
+        raise ValueError(f"{workdir} holds a VQ-VAE: these diagnostics measure Gaussian posteriors; sample.py's "
+                         "report gives its codebook usage and the bound under each prior")
     out_dir = out_dir or os.path.join(workdir, "diagnostics")
     os.makedirs(out_dir, exist_ok=True)
     dataset = run.dataset()

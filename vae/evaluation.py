@@ -71,11 +71,13 @@ def encode(model, x, batch_size: int = 1000):
     graphdef, params = nnx.split(model)
     enc = jax.jit(lambda p, xb: nnx.merge(graphdef, p).encode(xb))
     outs = [enc(params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    return jnp.concatenate([o[0] for o in outs]), jnp.concatenate([o[1] for o in outs])
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)  # a VQ-VAE's logvar is None
 
 
 def draw_latents(key, mean, logvar):
-    """z ~ q(z|x) = N(mean, exp(logvar))."""
+    """z ~ q(z|x) = N(mean, exp(logvar)); with logvar None (a VQ-VAE's point mass), the codes `mean`."""
+    if logvar is None:
+        return mean
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import priors
 from vae import evaluation, input_pipeline, losses, models
 from vae import workdir as workdir_lib
 
@@ -31,7 +32,7 @@ class Run:
         return self.model.latent_shape
 
     def encode(self, x):
-        """Images in [0, 1] (B, 28, 28, 1) -> posterior (mean, logvar)."""
+        """Images in [0, 1] (B, H, W, C) -> posterior (mean, logvar); a VQ-VAE's: (codes, None)."""
         return self.model.encode(jnp.asarray(x))
 
     def decode(self, z):
@@ -43,7 +44,7 @@ class Run:
 
     def sample(self, key, n: int, prior: str | None = None):
         """(latents, images) of n draws from the named prior (default: the one the VAE trained with)."""
-        prior = prior or self.model.joint_prior_label or "standard_normal"
+        prior = prior or self.model.joint_prior_label or priors.BASELINES[self.model.latents]
         if prior not in self.priors:
             raise KeyError(f"no prior {prior!r} in {self.workdir}; fitted: {sorted(self.priors)}")
         z = self.priors[prior].sample(key, n)

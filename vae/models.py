@@ -1,12 +1,14 @@
 """Flax NNX encoders/decoders and the VAE that holds them.
 
-Three families:
+Four families:
   * `mlp`:    vector latent (d,), dense layers;
   * `conv`:   spatial latent (H/4, W/4, c), two stride-2 convolutions each way: the shape the
     PixelCNN prior models;
   * `resnet`: spatial latent at H/2^(levels - 1), residual blocks with GroupNorm (`vae.resnet`),
-    sized for colour images on an accelerator.
-The posterior is a diagonal Gaussian (mean, log-variance). The decoder returns raw
+    sized for colour images on an accelerator;
+  * `vq`:     the conv stacks around a vector quantizer: a (H/4, W/4) map of integer codes
+    (`vae.vq.VQVAE`, the same interface with `latents='categorical'`).
+The posterior of the first three is a diagonal Gaussian (mean, log-variance). The decoder returns raw
 parameters per pixel; `vae.losses` turns them into a likelihood (`config.vae.likelihood`):
 Bernoulli logits (binarized), a discretized logistic's mean and log-scale per channel (8-bit
 grey), or a discretized logistic mixture over RGB with linearly conditioned channels (8-bit
@@ -34,6 +36,7 @@ from vae.errors import ConfigError
 from vae.layers import depth_to_space, posterior
 from vae.resnet import ResNetDecoder, ResNetEncoder
 from vae.input_pipeline import image_shape
+from vae.vq import VQVAE, VectorQuantizer
 
 LIKELIHOODS = ("bernoulli", "logistic", "logistic_mixture")
 # Mixed precision: layers compute in this dtype; parameters, the posterior and the decoder
@@ -69,16 +72,19 @@ class MLPDecoder(nnx.Module):
 
 
 class ConvEncoder(nnx.Module):
-    def __init__(self, image_shape, channels, latent_channels, *, rngs, dtype=jnp.float32):
+    """-> the posterior (mean, logvar), or with gaussian=False the latent_channels themselves (VQ's z_e)."""
+
+    def __init__(self, image_shape, channels, latent_channels, *, rngs, dtype=jnp.float32, gaussian=True):
         c1, c2 = channels
+        self.gaussian = gaussian
         self.down1 = nnx.Conv(image_shape[-1], c1, (3, 3), strides=2, dtype=dtype, rngs=rngs)  # 28 -> 14
         self.down2 = nnx.Conv(c1, c2, (3, 3), strides=2, dtype=dtype, rngs=rngs)  # 14 -> 7
-        self.out = nnx.Conv(c2, 2 * latent_channels, (3, 3), dtype=dtype, rngs=rngs)
+        self.out = nnx.Conv(c2, (2 if gaussian else 1) * latent_channels, (3, 3), dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         h = nnx.gelu(self.down1(x))
         h = nnx.gelu(self.down2(h))
-        return posterior(self.out(h))
+        return posterior(self.out(h)) if self.gaussian else self.out(h)
 
 
 class ConvDecoder(nnx.Module):
@@ -99,6 +105,9 @@ class ConvDecoder(nnx.Module):
 class VAE(nnx.Module):
     """q(z|x) = N(mean, exp(logvar)), a decoder giving p(x|z)'s parameters, and the prior p(z)
     it trains with: N(0, I) (`prior` None) or a learned one, trained jointly (`prior_name`)."""
+
+    latents = "continuous"  # what priors it takes (`priors.registry.Spec.latents`); VQVAE: 'categorical'
+    num_codes = None
 
     def __init__(self, encoder, decoder, latent_shape, likelihood, prior=None, prior_name: str = "normal"):
         self.encoder = encoder
@@ -131,6 +140,17 @@ class VAE(nnx.Module):
         log_prior = None if self.prior is None else self.prior.log_prob
         return losses.elbo(x, mean, logvar, z, out, self.likelihood, beta=beta, kl=kl, log_prior=log_prior)
 
+    def train_terms(self, x, key, **kwargs):
+        """What a training step minimizes ('loss') and logs: the ELBO terms. (A model with
+        running statistics, the VQ-VAE's codebook, also updates them here.)"""
+        return self.elbo(x, key, **kwargs)
+
+    def iwae(self, x, key, *, k: int, log_prior):
+        """(IWAE bound with k importance samples, ELBO from the same draws) per example, under
+        the prior `log_prior` (`losses.iwae_bound`, 10 draws at a time)."""
+        return losses.iwae_bound(self.encode, self.decode, self.likelihood, x, key, k=k, log_prior=log_prior,
+                                 chunk=min(k, 10) if k % 10 == 0 else k, with_elbo=True)
+
     def decode(self, z):
         """z: (B, *latent_shape) -> decoder output (B, H, W, C * channels per pixel), float32."""
         return self.decoder(z).astype(jnp.float32)
@@ -146,6 +166,10 @@ def latent_shape_from_config(vae_config, image_shape) -> tuple[int, ...]:
         if vae_config.latent_dim < 1:
             raise ConfigError(f"config.vae.latent_dim={vae_config.latent_dim} must be >= 1")
         return (int(vae_config.latent_dim),)
+    if vae_config.arch == "vq":
+        if image_shape[0] % 4 or image_shape[1] % 4:
+            raise ConfigError(f"config.vae.arch='vq' downsamples by 4, which does not divide {image_shape[:2]}")
+        return (image_shape[0] // 4, image_shape[1] // 4)
     if vae_config.arch in ("conv", "resnet"):
         factor = 4 if vae_config.arch == "conv" else 2 ** (len(vae_config.resnet_widths) - 1)
         shape = tuple(int(s) for s in vae_config.latent_shape)
@@ -160,7 +184,7 @@ def latent_shape_from_config(vae_config, image_shape) -> tuple[int, ...]:
                 "with c >= 1"
             )
         return shape
-    raise ConfigError(f"config.vae.arch={vae_config.arch!r} is unknown; expected 'mlp', 'conv' or 'resnet'")
+    raise ConfigError(f"config.vae.arch={vae_config.arch!r} is unknown; expected 'mlp', 'conv', 'resnet' or 'vq'")
 
 
 def likelihood_from_config(config, image_channels: int) -> str:
@@ -194,6 +218,8 @@ def build_vae(config, image_shape, *, rngs: nnx.Rngs, compute_dtype: str = "floa
     latent_shape = latent_shape_from_config(vc, image_shape)
     likelihood = likelihood_from_config(config, image_shape[-1])
     out_channels = decoder_channels(likelihood, image_shape[-1], int(vc.get("logistic_mixtures", 10)))
+    if vc.arch == "vq":
+        return build_vqvae(config, image_shape, latent_shape, likelihood, out_channels, rngs, dtype)
     if vc.arch == "mlp":
         hidden = tuple(vc.hidden)
         encoder = MLPEncoder(image_shape, hidden, latent_shape[0], rngs=rngs, dtype=dtype)
@@ -210,6 +236,22 @@ def build_vae(config, image_shape, *, rngs: nnx.Rngs, compute_dtype: str = "floa
     return VAE(encoder, decoder, latent_shape, likelihood, build_stage1_prior(config, prior_name, encoder,
                                                                                image_shape, latent_shape, rngs),
                prior_name)
+
+
+def build_vqvae(config, image_shape, latent_shape, likelihood, out_channels, rngs, dtype) -> VQVAE:
+    """The conv encoder/decoder of arch='conv' around a K x D codebook (config.vae.num_codes, code_dim)."""
+    vc = config.vae
+    if vc.get("prior", "normal") != "normal":
+        raise ConfigError(f"config.vae.prior={vc.prior!r}: the VQ-VAE trains with the uniform prior over codes; "
+                          "leave it 'normal' and fit learned priors to the codes in stage 2")
+    channels, k, d = tuple(vc.channels), int(vc.num_codes), int(vc.code_dim)
+    if k < 2 or d < 1:
+        raise ConfigError(f"config.vae.num_codes={k}, code_dim={d}: expected num_codes >= 2 and code_dim >= 1")
+    encoder = ConvEncoder(image_shape, channels, d, rngs=rngs, dtype=dtype, gaussian=False)
+    decoder = ConvDecoder(image_shape, channels, d, out_channels, rngs=rngs, dtype=dtype)
+    quantizer = VectorQuantizer(k, d, decay=float(vc.codebook_decay), dead_threshold=float(vc.dead_code_threshold),
+                                rngs=rngs)
+    return VQVAE(encoder, decoder, quantizer, latent_shape, likelihood, float(vc.commitment))
 
 
 def stage1_priors() -> tuple[str, ...]:

@@ -46,7 +46,7 @@ def process_0_value(value):
 
 
 def gather_rows(local):
-    """Every process's `local` rows (equal counts), concatenated in process order."""
-    if not multiprocess():
+    """Every process's `local` rows (equal counts), concatenated in process order (None stays None)."""
+    if not multiprocess() or local is None:
         return local
     return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))

@@ -38,13 +38,17 @@ from vae.errors import CheckpointError, PriorError
 log = logging.getLogger(__name__)
 
 
-def prior_names(prior_config) -> list[str]:
-    """The priors config.prior.name asks for, checked against the registry."""
+def prior_names(prior_config, latents: str = "continuous") -> list[str]:
+    """The priors config.prior.name asks for, checked against the registry and the VAE's
+    latents ('continuous', or a VQ-VAE's 'categorical' code maps)."""
     names = [n.strip() for n in prior_config.name.split(",") if n.strip()]
+    fitting = priors.registry.names(latents=latents)
     for n in names:
         if n not in priors.registry.names():
-            raise PriorError(f"config.prior.name: {n!r} is not a registered prior; expected some of "
-                             f"{priors.registry.names()}")
+            raise PriorError(f"config.prior.name: {n!r} is not a registered prior; expected some of {fitting}")
+        if n not in fitting:
+            raise PriorError(f"config.prior.name: {n!r} models {priors.registry.get(n).latents} latents, but this "
+                             f"VAE's latents are {latents}; expected some of {fitting}")
     return names
 
 
@@ -63,7 +67,7 @@ def training_posteriors(config, eval_data, model):
     'per_epoch' (index i: binarized afresh by fold_in(that seed, i), as stage 1 trained).
     Several processes: each encodes its own rows, and every one gets all the latents."""
     if config.prior.binarization == "once" or not eval_data.binarize:
-        mean, logvar = map(multihost.gather_rows, eval_data.posteriors(model, "train"))
+        mean, logvar = map(multihost.gather_rows, eval_data.posteriors(model, "train"))  # logvar: None for VQ codes
         return lambda index: (mean, logvar)
     graphdef, params = nnx.split(model)
     images = jnp.asarray(eval_data.dataset.train.images)
@@ -76,17 +80,19 @@ def training_posteriors(config, eval_data, model):
         x = input_pipeline.prepare_shards(images, jax.random.fold_in(eval_data.key("train_latents"), index), True,
                                           shards)
         x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(-1, batch, *x.shape[1:])
-        m, lv = jax.lax.map(nnx.merge(graphdef, params).encode, x)
-        return m.reshape(-1, *m.shape[2:])[:num], lv.reshape(-1, *lv.shape[2:])[:num]
+        encoded = jax.lax.map(nnx.merge(graphdef, params).encode, x)
+        return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:num], encoded)
 
     return lambda index: tuple(map(multihost.gather_rows, encode_fresh(params, images, index)))
 
 
 def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
-    """The held-out latent NLL of `prior` and of N(0, I) beside it, as one metrics record."""
+    """The held-out latent NLL of `prior` and of the prior stage 1 trained with beside it (N(0, I),
+    or uniform over a VQ-VAE's codes), as one metrics record."""
     dims = math.prod(z_val.shape[1:])
     record = {"step": step, "epoch": epoch, "split": "validation", "prior": name}
-    for label, p in ((name, prior), (priors.BASELINE, priors.build(priors.BASELINE, z_val.shape[1:]))):
+    base = priors.BASELINES[priors.registry.get(name).latents]
+    for label, p in ((name, prior), (base, priors.build(base, z_val.shape[1:], num_codes=getattr(prior, "num_codes", None)))):
         nll = evaluation.latent_nll(p, z_val)
         record[f"latent_nll/{label}"] = nll
         record[f"latent_nll_per_dim/{label}"] = nll / dims
@@ -229,8 +235,9 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
             checkpoint.save(wd.prior_checkpoints(name), step, {"prior": evaluated})
         checkpoint.save(task.checkpoint_dir, step, state)
         best_epoch, best_nll, _ = best_epochs(wd, name)
+        base = priors.BASELINES[priors.registry.get(name).latents]
         return {"val_nll": f"{record[metric]:.2f}", "best": f"{best_nll:.2f}@{best_epoch}",
-                "normal": f"{record[f'latent_nll/{priors.BASELINE}']:.2f}"}
+                base: f"{record[f'latent_nll/{base}']:.2f}"}
 
     task = loop.Task(desc=f"prior {name}", steps_per_epoch=steps_per_epoch, num_epochs=pc.num_epochs,
                      run_epoch=run_epoch, end_epoch=end_epoch, converged=lambda: stopped_early(wd, name, pc.patience),
@@ -281,9 +288,9 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
     Seeds: the evaluation data (binarization, held-out latents) is the run's, from the VAE's
     config; the priors' initialization and fitting noise come from `config.seed`, so a
     stage-2 rerun with another --config.seed gives another fit of the same latents."""
-    names = prior_names(config.prior)
     vae_config = wd.load_config()
     model, step, _ = wd.restore_vae(vae_config)
+    names = prior_names(config.prior, model.latents)
     fitted_to = workdir_lib.vae_fingerprint(model, step)
     wd.log_invocation("prior")
     for other in sorted(set(wd.fitted_prior_names()) - set(names)):
@@ -305,7 +312,7 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
             log.info("prior %s has nothing to fit", name)
             continue
         _prepare_prior_dir(config, wd, name, model.latent_shape, fitted_to)
-        prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed)
+        prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed, num_codes=model.num_codes)
         key = jax.random.fold_in(fit_key, i)
         if spec.fit == "em":
             fitted[name] = fit_em(config, wd, name, prior, posteriors, z_val, key, mesh)

@@ -13,6 +13,10 @@ otherwise, each the mean over seeds with its sd beside it (report.json: `sd`, `p
                                           (not for a dataset without labels, CelebA)
   label_entropy, class_frequencies        of the classifier's predictions on the samples
   prior_hole_rate                          vs the mixture of the training posteriors
+A VQ-VAE's workdir (`vae.vq`): uniform over codes against the code priors; nll_iwae is then
+the bound -log p(x|z_q) - log p(z_q) (a point-mass posterior: no sampling, no ELBO column,
+bits/dim for 8-bit data), and the density diagnostics (ELBO surgery, hole rate) give way to
+the code perplexity and codes used by the samples (`report["test_codes"]`: the test images').
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from flax import nnx
 from tqdm import tqdm
 
 import priors
-from vae import analysis, classifier, evaluation, input_pipeline, losses, metrics, plotting
+from vae import analysis, classifier, evaluation, input_pipeline, losses, metrics, plotting, vq
 from vae import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -60,9 +64,7 @@ def iwae_under_prior(vae, prior, x, key, k: int, batch: int = 100):
 
     @jax.jit
     def one(vs, ps, xb, kb):
-        v, p = nnx.merge(vg, vs), nnx.merge(pg, ps)
-        return losses.iwae_bound(v.encode, v.decode, v.likelihood, xb, kb, k=k, log_prior=p.log_prob,
-                                 chunk=min(k, 10) if k % 10 == 0 else k, with_elbo=True)
+        return nnx.merge(vg, vs).iwae(xb, kb, k=k, log_prior=nnx.merge(pg, ps).log_prob)
 
     out = [one(vs, ps, jnp.asarray(x[i : i + batch]), jax.random.fold_in(key, i))
            for i in tqdm(range(0, len(x), batch), desc="iwae", leave=False)]
@@ -152,16 +154,22 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         test_mean, test_logvar, train_mean, train_logvar, val_mean, val_logvar = jax.block_until_ready(
             [*eval_data.posteriors(vae, "test"), *eval_data.posteriors(vae, "train"),
              *eval_data.posteriors(vae, "validation")])
+    # A VQ-VAE's posterior is a point mass on a code map: q(z) is a histogram of codes, so the
+    # density-based diagnostics (hole rate, ELBO surgery) are for Gaussian posteriors only.
+    continuous = vae.latents == "continuous"
+    threshold = heldout = heldout_hole_rate = None
     # The hole threshold comes from the first half of the validation posteriors; the check that
     # held-out latents fall in holes ~1% of the time uses the second half (not the same ones).
     with timed("hole threshold and its check (log q of held-out latents)"):
-        half = len(val_mean) // 2
-        heldout = analysis.heldout_log_q(key("hole_threshold"), val_mean[:half], val_logvar[:half],
-                                         train_mean, train_logvar)
-        threshold = float(np.percentile(heldout, 1.0))
-        heldout_z, _ = analysis.sample_aggregate_posterior(key("heldout_draws"), val_mean[half:], val_logvar[half:],
-                                                           10000)
-        heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar, threshold)["prior_hole_rate"]
+        if continuous:
+            half = len(val_mean) // 2
+            heldout = analysis.heldout_log_q(key("hole_threshold"), val_mean[:half], val_logvar[:half],
+                                             train_mean, train_logvar)
+            threshold = float(np.percentile(heldout, 1.0))
+            heldout_z, _ = analysis.sample_aggregate_posterior(key("heldout_draws"), val_mean[half:],
+                                                               val_logvar[half:], 10000)
+            heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar,
+                                                         threshold)["prior_hole_rate"]
     # Precision/recall and FD compare equal-size sets: as many generated images as real ones.
     n_compared = min(len(x_test), n_samples)
     clf = clf_acc = data_labels = None
@@ -188,13 +196,16 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         sample_seconds = time.perf_counter() - t0
         with timed(f"nll_iwae[{k}] and ELBO on the test split"):
             nll, elbo = iwae_under_prior(vae, prior, x_test, key("iwae", seed), k)
-        r = {"nll_iwae": float(nll.mean()), "elbo": float(elbo.mean())}
+        r = {"nll_iwae": float(nll.mean())} | ({"elbo": float(elbo.mean())} if continuous else {})  # VQ: elbo = -nll
         with timed("held-out latent NLL (one z ~ q(z|x) per test image)"):
             z_test = evaluation.draw_latents(key("heldout_draws", seed), test_mean, test_logvar)
             r["latent_nll"] = evaluation.latent_nll(prior, z_test)
-        with timed("ELBO surgery (log q over the test posteriors)"):
-            r.update(analysis.elbo_surgery(key("elbo_surgery", seed), test_mean, test_logvar, jax.jit(prior.log_prob),
-                                           num_samples=min(n_samples, 10000)))
+        if continuous:
+            with timed("ELBO surgery (log q over the test posteriors)"):
+                r.update(analysis.elbo_surgery(key("elbo_surgery", seed), test_mean, test_logvar,
+                                               jax.jit(prior.log_prob), num_samples=min(n_samples, 10000)))
+        else:  # how much of the codebook the samples use, as the test codes do (report["test_codes"])
+            r.update({f"sample_{k_}": v for k_, v in vq.codebook_usage(z, vae.num_codes).items()})
         if clf is not None:
             with timed("classifier features of the samples"):
                 feats, predicted = classifier.features_and_labels(clf, images)
@@ -202,8 +213,9 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
                 r["fd_classifier"] = metrics.frechet_distance(real_feats, feats[:n_compared])
                 r.update(metrics.precision_recall(real_feats, feats[:n_compared]))
                 r.update(metrics.label_stats(predicted))
-        with timed("prior hole rate (log q of the samples)"):
-            r.update(analysis.prior_hole_rate(z, train_mean, train_logvar, threshold))
+        if continuous:
+            with timed("prior hole rate (log q of the samples)"):
+                r.update(analysis.prior_hole_rate(z, train_mean, train_logvar, threshold))
         r["sampling_seconds"] = sample_seconds
         if not binarize:
             r["nll_iwae_bits_per_dim"] = losses.bits_per_dim(r["nll_iwae"], num_dims)
@@ -242,7 +254,8 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "classifier": {"test_accuracy": clf_acc},
         "hole_threshold_log_q": threshold,
         "heldout_latent_hole_rate": heldout_hole_rate,
-        "heldout_median_log_q": float(np.median(heldout)),
+        "heldout_median_log_q": None if heldout is None else float(np.median(heldout)),
+        "test_codes": None if continuous else vq.codebook_usage(test_mean, vae.num_codes),
         "command": command or " ".join(sys.argv),
         "code": workdir_lib.code_version(),  # the code of this report, and of each training run:
         "training_runs": [{k: r[k] for k in ("stage", "code", "time")} for r in wd.invocations()],
@@ -260,7 +273,8 @@ COLUMNS = [
     ("nll_iwae", "nll_iwae[k] (nats)"), ("elbo", "ELBO (nats)"), ("latent_nll", "latent NLL (nats)"), ("marginal_kl", "marginal_kl (nats)"),
     ("mutual_info", "mutual_info (nats)"), ("fd_classifier", "fd_classifier"), ("precision", "precision"),
     ("recall", "recall"), ("label_entropy", "label_entropy (nats)"), ("prior_hole_rate", "prior_hole_rate"),
-    ("median_log_q", "median log q(z) of samples (nats)"),
+    ("median_log_q", "median log q(z) of samples (nats)"), ("nll_iwae_bits_per_dim", "bound (bits/dim)"),
+    ("sample_perplexity", "code perplexity of samples"), ("sample_codes_used", "codes used by samples"),
 ]
 
 
@@ -273,20 +287,23 @@ def cell(result: dict, key: str, digits: int = 4) -> str:
 
 def markdown_table(report: dict) -> str:
     first = next(iter(report["priors"].values()))
-    cols = [(k, h.replace("[k]", f"[{report['k']}]")) for k, h in COLUMNS if k in first]
+    codes = report.get("test_codes")
+    bound = "-log p(x\\|z_q) - log p(z_q) (nats)" if codes else f"nll_iwae[{report['k']}] (nats)"
+    cols = [(k, bound if k == "nll_iwae" else h) for k, h in COLUMNS if k in first]
     labels = (f"classifier test accuracy {report['classifier']['test_accuracy']:.4f}; data label entropy "
               f"{report['data_labels']['label_entropy']:.3f} nats" if report["data_labels"] else
               "no class labels, so no classifier-based metrics")
+    latents = (f"held-out latents (the validation half that did not set the threshold): hole rate "
+               f"{report['heldout_latent_hole_rate']:.3f}, median log q(z) {report['heldout_median_log_q']:.1f} nats"
+               if not codes else f"VQ-VAE: the test images' codes have perplexity {codes['perplexity']:.1f} and use "
+               f"{codes['codes_used']} codes; the posterior is a point mass, so the bound on -log p(x) needs no sampling")
     lines = [
-        f"# {report['dataset']}: N(0, I) vs learned priors",
+        f"# {report['dataset']}: {'uniform over codes' if codes else 'N(0, I)'} vs learned priors",
         "",
         f"{report['n_samples']} samples per prior"
         + (f"; mean ± sd over sample seeds {report['seeds']}" if len(report.get("seeds", [0])) > 1 else "")
         + f"; FD and precision/recall on {report.get('n_compared', report['n_samples'])} generated vs as many "
-        f"real test images; metrics on the test split; {labels}; "
-        f"held-out latents (the validation half that did not set the threshold): hole rate "
-        f"{report['heldout_latent_hole_rate']:.3f}, "
-        f"median log q(z) {report['heldout_median_log_q']:.1f} nats.",
+        f"real test images; metrics on the test split; {labels}; {latents}.",
         "",
         "| prior | " + " | ".join(h for _, h in cols) + " |",
         "| --- |" + " --- |" * len(cols),

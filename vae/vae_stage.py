@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae import checkpoint, evaluation, input_pipeline, loop, losses, models, optim, plotting, sharding
+from vae import checkpoint, evaluation, input_pipeline, loop, losses, models, optim, plotting, sharding, vq
 from vae.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,24 @@ def make_step_functions(graphdef, tx, config, mesh=None, shards=None) -> StepFun
         model = nnx.merge(graphdef, params)
         key_bin, key_z = jax.random.split(key)
         x = input_pipeline.prepare_images(images_uint8, key_bin, binarize)
-        terms = model.elbo(x, key_z, beta=config.vae.beta, kl=config.vae.kl)
+        terms = model.train_terms(x, key_z, beta=config.vae.beta, kl=config.vae.kl)
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
-        return metrics["loss"], metrics
+        return metrics["loss"], (metrics, nnx.state(model, vq.Statistic))
 
     def train_step(state, images_uint8, key):
-        """One Adam step on one batch -> (state, metrics). `state` = {params, opt_state, step}."""
+        """One Adam step on one batch -> (state, metrics). `state` = {params, opt_state, step}.
+        Running statistics the model updated in the step (the VQ codebook's EMA; their
+        gradient is zero, so Adam leaves them alone) replace their old values."""
         images_uint8 = jax.lax.with_sharding_constraint(images_uint8, per_step_batch)
         step_key = jax.random.fold_in(key, state["step"])
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"], images_uint8, step_key)
+        grads, (metrics, statistics) = jax.grad(loss_fn, has_aux=True)(state["params"], images_uint8, step_key)
         metrics["grad_norm"] = optax.global_norm(grads)
-        return optim.apply_gradients(tx, state, grads), metrics
+        new = optim.apply_gradients(tx, state, grads)
+        if jax.tree.leaves(statistics):
+            model = nnx.merge(graphdef, new["params"])
+            nnx.update(model, statistics)
+            new["params"] = nnx.state(model)
+        return new, metrics
 
     epoch_batches = jax.jit(lambda key, epoch, shards: shards.batch_indices(key, epoch, tc.batch_size),
                             static_argnums=2)
@@ -159,15 +166,17 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
         """Validation and test ELBO records, image grids; returns (validation ELBO, is best)."""
         nonlocal best
         results = {}
+        model = nnx.merge(graphdef, sharding.local_copy(state["params"]))
         for split in ("validation", "test"):
             m = evaluation.evaluate(elbo_fn, state["params"], eval_data.images(split), eval_data.elbo_key,
                                     tc.eval_batch_size, bits_per_dim=not config.data.binarize, mesh=mesh)
+            if model.latents == "categorical":  # what VQ users watch: how much of the codebook is in use
+                m |= vq.codebook_usage(eval_data.posteriors(model, split)[0], model.num_codes)
             wd.append_metrics({"step": step, "epoch": epoch, "split": split, **m})
             results[split] = m
         if jax.process_index() == 0:
-            params = sharding.local_copy(state["params"])
-            z = sample_prior(params, jax.random.fold_in(key, 3))  # from the prior the VAE trains with
-            save_image_grids(nnx.merge(graphdef, params), eval_data.images("test"), z, wd.join("samples"), step)
+            z = sample_prior(nnx.state(model), jax.random.fold_in(key, 3))  # from the prior the VAE trains with
+            save_image_grids(model, eval_data.images("test"), z, wd.join("samples"), step)
         is_best = results["validation"]["elbo"] > best
         best = max(best, results["validation"]["elbo"])
         return results["validation"]["elbo"], is_best

@@ -83,8 +83,7 @@ def code_version() -> dict:
         return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=30)
 
     try:
-        head = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain", "--untracked-files=no")
+        head, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     if head.returncode:
@@ -312,17 +311,17 @@ class Workdir:
     def load_priors(self, vae, fitted_to: dict, *, learned: bool = True) -> dict:
         """{name: prior} for `vae` (`fitted_to` its fingerprint): N(0, I), the learned prior it trained
         with ('joint_<name>'), then if `learned` each prior fitted to it (stale: refused)."""
-        out = {n: priors.build(n, vae.latent_shape) for n in priors.registry.names(fit="none")}
+        out = {n: self.load_prior(n, vae.latent_shape, None, vae.num_codes) for n in priors.registry.names("none", vae.latents)}
         if vae.joint_prior_label:
             out[vae.joint_prior_label] = vae.prior
-        return out | ({n: self.load_prior(n, vae.latent_shape, fitted_to) for n in self.fitted_prior_names()}
+        return out | ({n: self.load_prior(n, vae.latent_shape, fitted_to, vae.num_codes) for n in self.fitted_prior_names()}
                       if learned else {})
 
-    def load_prior(self, name: str, latent_shape, fitted_to: dict | None = None):
-        """A prior for this VAE's `latent_shape`: built, and restored if it is fitted. With
-        `fitted_to` (a `vae_fingerprint`), a prior fitted to another VAE checkpoint is refused."""
+    def load_prior(self, name: str, latent_shape, fitted_to: dict | None = None, num_codes: int | None = None):
+        """A prior for this VAE's `latent_shape` (and `num_codes`, a VQ-VAE's): built, and restored if
+        it is fitted. With `fitted_to` (a `vae_fingerprint`), one fitted to another VAE checkpoint is refused."""
         if name in priors.registry.names(fit="none"):
-            return priors.build(name, latent_shape)
+            return priors.build(name, latent_shape, num_codes=num_codes)
         record = self._prior_record(name)
         if tuple(record["latent_shape"]) != tuple(latent_shape):
             raise PriorError(
@@ -334,7 +333,8 @@ class Workdir:
                 f"{stale}. Its numbers would pair this encoder/decoder with another one's latents. Refit it "
                 f"(python train.py --config <config> --workdir {self.path} --config.stage=prior fits the best "
                 "checkpoint), or open this checkpoint without learned priors: vae.load(W, ..., learned_priors=False)")
-        prior = priors.build(name, latent_shape, ml_collections.ConfigDict(record["prior"]), seed=record["seed"])
+        prior = priors.build(name, latent_shape, ml_collections.ConfigDict(record["prior"]), seed=record["seed"],
+                             num_codes=num_codes)
         graphdef, state = nnx.split(prior)
         return nnx.merge(graphdef, checkpoint.restore(self.prior_checkpoints(name), {"prior": state})["prior"])
 

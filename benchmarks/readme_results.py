@@ -4,7 +4,7 @@
   python benchmarks/readme_results.py --report runs/fashion_mnist/report/report.json --check README.md
 
 A block in README sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->` (NAME: the
-report's dataset) and names the commit the numbers came from. `--check` fails (exit 1) unless
+report's dataset, `_vq` appended for a VQ-VAE's) and names the commit the numbers came from. `--check` fails (exit 1) unless
 README holds exactly the block this report.json gives, from a report of a clean checkout; it
 prints a skip line and exits 0 when the report does not exist (nothing to compare).
 """
@@ -32,11 +32,10 @@ def block(rep: dict) -> str:
     commit = (code.get("commit") or "unknown")[:10]
     dirty = " (uncommitted changes)" if code.get("dirty") else ""
     runs = sorted({(r["code"] or {}).get("commit", "?")[:10] for r in rep.get("training_runs", [])})
-    cols = [(k, h.replace("[k]", f"[{rep['k']}]")) for k, h in report.COLUMNS]
-    bits = "nll_iwae_bits_per_dim" in next(iter(rep["priors"].values()))
-    head = ["prior", *(h for _, h in cols[:1]), *(["bits/dim"] if bits else []), *(h for _, h in cols[1:])]
+    cols = report.columns(rep)
+    head = ["prior", *(h for _, h in cols)]
     lines = [
-        f"<!-- results:{rep['dataset']} -->",
+        f"<!-- results:{results_name(rep)} -->",
         f"Measured at commit {commit}{dirty} (report.json `code`; trained at {', '.join(runs) or 'unknown'}): "
         f"`{rep['command']}`, {rep['n_samples']} samples per prior"
         + (f", mean ± sd over sample seeds {rep['seeds']}" if len(rep.get("seeds", [0])) > 1 else "")
@@ -46,17 +45,20 @@ def block(rep: dict) -> str:
         "| --- |" + " --- |" * (len(head) - 1),
     ]
     for name, r in rep["priors"].items():
-        cells = [report.cell(r, k) for k, _ in cols]
-        if bits:
-            cells.insert(1, f"{r['nll_iwae_bits_per_dim']:.4f}")
+        cells = [f"{r[k]:.4f}" if k == "nll_iwae_bits_per_dim" else report.cell(r, k) for k, _ in cols]
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
-    lines.append(f"<!-- /results:{rep['dataset']} -->")
+    lines.append(f"<!-- /results:{results_name(rep)} -->")
     return "\n".join(lines)
+
+
+def results_name(rep: dict) -> str:
+    """The block's NAME: the dataset, with '_vq' for a VQ-VAE's report."""
+    return rep["dataset"] + ("_vq" if rep.get("vae", {}).get("arch") == "vq" else "")
 
 
 def check(readme: str, rep: dict) -> list[str]:
     """Problems with README's block for this report (empty: it matches)."""
-    name = rep["dataset"]
+    name = results_name(rep)
     found = re.search(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", readme, re.S)
     problems = []
     if found is None:
@@ -86,7 +88,7 @@ def main(argv):
     if problems:
         print("the block this report gives:\n" + block(rep), file=sys.stderr)
         sys.exit(1)
-    print(f"README's {rep['dataset']} table matches {_REPORT.value}")
+    print(f"README's {results_name(rep)} table matches {_REPORT.value}")
 
 
 if __name__ == "__main__":

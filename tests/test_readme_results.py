@@ -10,7 +10,7 @@ import pytest
 from benchmarks import readme_results
 from tests.conftest import REPO
 
-@pytest.mark.parametrize("dataset", ["fashion_mnist", "mnist"])
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "mnist", "fashion_mnist_vq", "mnist_vq"])
 def test_readme_table_matches_its_report(dataset):
     path = REPO / "runs" / dataset / "report" / "report.json"
     if not path.exists():

@@ -16,6 +16,7 @@ prior, so that readers of a run never import a training module.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -66,11 +67,16 @@ def evaluate(elbo_fn, params, x, key, batch_size: int, *, bits_per_dim: bool = F
     return metrics
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, params, x):
+    return nnx.merge(graphdef, params).encode(x)
+
+
 def encode(model, x, batch_size: int = 1000):
-    """Posterior (mean, logvar) of prepared images x, in batches under jit."""
+    """Posterior (mean, logvar) of prepared images x, in batches under jit (compiled once
+    per model structure and batch shape, however often it is called)."""
     graphdef, params = nnx.split(model)
-    enc = jax.jit(lambda p, xb: nnx.merge(graphdef, p).encode(xb))
-    outs = [enc(params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    outs = [_encode(graphdef, params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)  # a VQ-VAE's logvar is None
 
 

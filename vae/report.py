@@ -160,8 +160,8 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     threshold = heldout = heldout_hole_rate = None
     # The hole threshold comes from the first half of the validation posteriors; the check that
     # held-out latents fall in holes ~1% of the time uses the second half (not the same ones).
-    with timed("hole threshold and its check (log q of held-out latents)"):
-        if continuous:
+    if continuous:
+        with timed("hole threshold and its check (log q of held-out latents)"):
             half = len(val_mean) // 2
             heldout = analysis.heldout_log_q(key("hole_threshold"), val_mean[:half], val_logvar[:half],
                                              train_mean, train_logvar)

@@ -204,7 +204,14 @@ def test_vq_config_errors():
     from vae import models
     from vae.errors import ConfigError
 
+    from vae import stages
+    from vae.errors import PriorError
+
     config = mnist_config("mnist_vq")
     config.vae.prior = "vamp"
     with pytest.raises(ConfigError, match="uniform prior over codes"):
         models.create_vae(config)
+    config = mnist_config("mnist")  # the continuous config's priors, asked of a VQ-VAE: refused before training
+    config.vae.arch = "vq"
+    with pytest.raises(PriorError, match="'gmm' models continuous latents"):
+        stages.check_config(config)

@@ -72,6 +72,8 @@ def check_config(config) -> None:
     image_shape = input_pipeline.image_shape(config.data.name)
     models.latent_shape_from_config(config.vae, image_shape)
     models.likelihood_from_config(config, image_shape[-1])
+    if config.stage == "all":  # before training a VAE whose latents stage 2's priors cannot model
+        prior_stage.prior_names(config.prior, "categorical" if config.vae.arch == "vq" else "continuous")
 
 
 def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None = None):

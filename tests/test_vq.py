@@ -61,6 +61,12 @@ def test_ema_moves_the_codebook_to_the_cluster_means():
     assert np.all(np.asarray(q.codes(data)).reshape(3, -1) == np.arange(3)[:, None])
 
 
+def test_perplexity_counts_codes_in_effective_use():
+    assert float(vq.perplexity(jnp.array([5.0, 5.0, 5.0, 5.0, 0.0]))) == pytest.approx(4.0)
+    assert float(vq.perplexity(jnp.array([7.0, 0.0, 0.0]))) == pytest.approx(1.0)
+    assert vq.codebook_usage(jnp.array([[0, 0], [2, 2]]), 4) == {"perplexity": pytest.approx(2.0), "codes_used": 2}
+
+
 def test_a_dead_code_is_restarted_at_an_encoder_output():
     means = jnp.array([[2.0, 0.0], [-2.0, 1.0]])
     q = vq.VectorQuantizer(3, 2, decay=0.5, dead_threshold=0.01, rngs=nnx.Rngs(0))
@@ -69,7 +75,7 @@ def test_a_dead_code_is_restarted_at_an_encoder_output():
     x = _clusters(jax.random.key(0), means, 32)
     restarted_at = None
     for step in range(20):  # its usage halves every step: below 0.01 after 7
-        dead = np.asarray(q.update(x, q.codes(x), jax.random.key(step)))
+        dead = np.asarray(q.update(x, q.codes(x), jax.random.key(step))[0])
         assert not dead[:2].any()
         if dead[2]:
             restarted_at = step
@@ -85,7 +91,9 @@ def test_first_step_moves_every_code_to_the_data():
     the rest restarted at encoder outputs, so the whole codebook is among the data."""
     q = vq.VectorQuantizer(16, 3, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(3), (200, 3)) + 10.0  # far from the N(0, 1) initial codebook
-    dead = np.asarray(q.update(x, q.codes(x), jax.random.key(0)))
+    dead, counts = q.update(x, q.codes(x), jax.random.key(0))
+    dead = np.asarray(dead)
+    assert int(counts.sum()) == len(x)
     assert dead.sum() >= 12  # all but the few codes nearest the data
     assert np.all(np.linalg.norm(np.asarray(q.embedding[...]) - 10.0, axis=1) < 4.0)
 
@@ -153,7 +161,7 @@ def test_vq_training_reports_what_vq_users_check(vq_run):
         assert r["kl"] == pytest.approx(49 * math.log(config.vae.num_codes), rel=1e-6)  # h w log K
         assert r["elbo"] == pytest.approx(r["recon"] - r["kl"], rel=1e-5)
     assert val[-1]["recon"] > val[1]["recon"] + 20  # it learned to reconstruct
-    assert val[-1]["perplexity"] > 8  # the restarts keep the codebook in use
+    assert val[-1]["perplexity"] > 8  # many codes in effective use, not a collapsed codebook
     assert all("commitment" in r and "restarted_codes" in r for r in train)
 
 

@@ -64,7 +64,7 @@ class VectorQuantizer(nnx.Module):
 
     def update(self, z_e, codes, key):
         """One EMA step of the codebook on the batch's encoder outputs and their codes, then
-        dead-code restarts (at random rows of the batch)."""
+        dead-code restarts (at random rows of the batch) -> (restarted mask, the batch's counts per code)."""
         flat = jax.lax.stop_gradient(z_e).reshape(-1, self.dim)
         onehot = jax.nn.one_hot(codes.reshape(-1), self.num_codes, dtype=flat.dtype)
         g = self.decay
@@ -79,15 +79,19 @@ class VectorQuantizer(nnx.Module):
         self.embedding[...] = jnp.where(dead[:, None], fresh, embedding)
         self.embed_sum[...] = jnp.where(dead[:, None], fresh, total)  # a restarted code counts as one use
         self.cluster_size[...] = jnp.where(dead, 1.0, size)
-        return dead
+        return dead, jnp.sum(onehot, axis=0)
+
+
+def perplexity(counts):
+    """exp(entropy) of the code histogram `counts` (K,): how many codes are in effective use."""
+    p = counts / jnp.sum(counts)
+    return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
 
 
 def codebook_usage(codes, num_codes: int) -> dict:
-    """Perplexity exp(H) of the code histogram and how many of the K codes occur, over `codes`."""
+    """Perplexity of the code histogram and how many of the K codes occur, over `codes`."""
     counts = jnp.bincount(jnp.asarray(codes).reshape(-1), length=num_codes)
-    p = counts / jnp.sum(counts)
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-    return {"perplexity": float(jnp.exp(entropy)), "codes_used": int(jnp.sum(counts > 0))}
+    return {"perplexity": float(perplexity(counts)), "codes_used": int(jnp.sum(counts > 0))}
 
 
 class VQVAE(nnx.Module):
@@ -142,11 +146,9 @@ class VQVAE(nnx.Module):
         """The ELBO terms of a training step, after which the codebook takes its EMA step on
         this batch (`VectorQuantizer.update`); also the batch's code perplexity and restarts."""
         terms, z_e, codes = self._terms(x)
-        dead = self.quantizer.update(z_e, codes, key)
-        p = jnp.mean(jax.nn.one_hot(codes.reshape(-1), self.num_codes), axis=0)
-        perplexity = jnp.exp(-jnp.sum(p * jnp.log(jnp.maximum(p, 1e-12))))
+        dead, counts = self.quantizer.update(z_e, codes, key)
         batch = x.shape[0]
-        return terms | {"perplexity": jnp.full((batch,), perplexity),
+        return terms | {"perplexity": jnp.full((batch,), perplexity(counts)),
                         "restarted_codes": jnp.full((batch,), jnp.sum(dead).astype(jnp.float32))}
 
     def iwae(self, x, key, *, k: int, log_prior):

@@ -155,6 +155,53 @@ def stopped_early(wd, name: str, patience: int) -> str | None:
     return None
 
 
+def init_fit_state(tx, params) -> dict:
+    """A gradient fit's train state: {params, opt_state, step, ema} (the EMA in its own buffers)."""
+    return {**optim.init_state(tx, params), "ema": jax.tree.map(jnp.copy, params)}
+
+
+def make_fit_chunk(config, name, prior, tx, key, mesh):
+    """(train_chunk, the train metric's name) of a gradient-fitted prior: train_chunk(state,
+    z, batch_indices) -> (state, metrics) runs Adam steps on the batches z[batch_indices[i]]
+    in one jitted call (state donated; see init_fit_state). The loss is the mean -log p(z), or
+    the prior's own `fit_loss(z, key)` where it has one (diffusion's denoising loss), with a
+    fresh key every step for it and for dropout (`config.prior.<name>.dropout` > 0); the state
+    carries an EMA of the parameters (`prior.ema_decay`). The step fit_gradient runs and
+    benchmarks/prior_fit_throughput.py times."""
+    pc = config.prior
+    split_batch = sharding.batch_sharding(mesh)
+    dropout = float(pc[name].get("dropout", 0.0)) if name in pc else 0.0
+    dropout_key = jax.random.fold_in(key, 2**31 - 1)  # a stream no epoch's fold_in(key, epoch) reaches
+    # A prior with its own training objective is fitted by it; the train records then carry it.
+    own_loss = hasattr(prior, "fit_loss")
+    graphdef = nnx.graphdef(prior)
+    loss_key = jax.random.fold_in(key, 2**31 - 2)
+    train_metric = f"fit_loss/{name}" if own_loss else f"latent_nll/{name}"
+
+    def train_step(state, z_batch):
+        def loss_fn(p):
+            model = nnx.merge(graphdef, p)
+            if own_loss:
+                return jnp.mean(model.fit_loss(z_batch, jax.random.fold_in(loss_key, state["step"])))
+            if dropout > 0:
+                return -jnp.mean(model.log_prob(z_batch, dropout_key=jax.random.fold_in(dropout_key, state["step"])))
+            return -jnp.mean(model.log_prob(z_batch))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        new = optim.apply_gradients(tx, state, grads)
+        t = state["step"].astype(jnp.float32)  # the average warms up: decay min(ema_decay, (1 + t) / (10 + t))
+        d = jnp.minimum(pc.ema_decay, (1.0 + t) / (10.0 + t))
+        new["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], new["params"])
+        return new, {train_metric: loss}
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def train_chunk(state, z, batch_indices):
+        return loop.scan_steps(lambda st, idx: train_step(st, jax.lax.with_sharding_constraint(z[idx], split_batch)),
+                               state, batch_indices)
+
+    return train_chunk, train_metric
+
+
 def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, mesh=None, *,
                  max_epochs_this_run=None):
     """Adam on the mean -log p(z) in the fit loop: resumable, evaluated every epoch. Epoch e
@@ -177,44 +224,18 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
     if steps_per_epoch < 1:
         raise PriorError(f"config.prior.batch_size={pc.batch_size} is larger than the training split ({n})")
     sharding.check_divisible(pc.batch_size, mesh, "prior.batch_size")
-    rep, split_batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    rep = sharding.replicated(mesh)
     t0 = time.perf_counter()
     graphdef, params = nnx.split(prior)
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)  # params get donated
     tx = optim.make_optimizer(pc, steps_per_epoch * pc.num_epochs)
     metric = f"latent_nll/{name}"
-    dropout = float(pc[name].get("dropout", 0.0)) if name in pc else 0.0
-    dropout_key = jax.random.fold_in(key, 2**31 - 1)  # a stream no epoch's fold_in(key, epoch) reaches
-    # A prior with its own training objective (`fit_loss(z, key)`, e.g. diffusion's denoising
-    # loss) is fitted by it, with a fresh key every step; the train records then carry it.
-    own_loss = hasattr(prior, "fit_loss")
-    loss_key, train_metric = jax.random.fold_in(key, 2**31 - 2), f"fit_loss/{name}" if own_loss else metric
-
-    def train_step(state, z_batch):
-        def loss_fn(p):
-            model = nnx.merge(graphdef, p)
-            if own_loss:
-                return jnp.mean(model.fit_loss(z_batch, jax.random.fold_in(loss_key, state["step"])))
-            if dropout > 0:
-                return -jnp.mean(model.log_prob(z_batch, dropout_key=jax.random.fold_in(dropout_key, state["step"])))
-            return -jnp.mean(model.log_prob(z_batch))
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        new = optim.apply_gradients(tx, state, grads)
-        t = state["step"].astype(jnp.float32)  # the average warms up: decay min(ema_decay, (1 + t) / (10 + t))
-        d = jnp.minimum(pc.ema_decay, (1.0 + t) / (10.0 + t))
-        new["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], new["params"])
-        return new, {train_metric: loss}
+    train_chunk, train_metric = make_fit_chunk(config, name, prior, tx, key, mesh)
 
     @jax.jit
     def epoch_data(epoch, draw_epoch, mean, logvar):
         z = draw_fit_latents(jax.random.fold_in(jax.random.fold_in(key, draw_epoch), 0), mean, logvar, pc.fit_target)
         return z, loop.epoch_batch_indices(jax.random.fold_in(key, epoch), 1, n, pc.batch_size, steps_per_epoch)
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def train_chunk(state, z, batch_indices):
-        return loop.scan_steps(lambda st, idx: train_step(st, jax.lax.with_sharding_constraint(z[idx], split_batch)),
-                               state, batch_indices)
 
     def run_epoch(state, epoch, start, should_stop):
         draw_epoch = epoch if pc.latent_draws == "per_epoch" else 0
@@ -243,7 +264,7 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
                      run_epoch=run_epoch, end_epoch=end_epoch, converged=lambda: stopped_early(wd, name, pc.patience),
                      checkpoint_dir=wd.prior_train_state(name), workdir=wd, tags={"prior": name}, checked=(train_metric,),
                      batch_size=pc.batch_size, error=PriorError)
-    init = sharding.put({**optim.init_state(tx, params), "ema": jax.tree.map(jnp.copy, params)}, rep)  # own buffers
+    init = sharding.put(init_fit_state(tx, params), rep)
     try:
         state, _ = loop.resume(task, init)
     except CheckpointError:  # a train state saved before it carried "ema": resume it, averaging from now on

@@ -74,11 +74,15 @@ class ChannelHead(nnx.Module):
         return jax.nn.gelu(self.head_in(jax.nn.gelu(h)))
 
     def __call__(self, features, z_pos):
-        c = self.channel_mix.shape[0]
+        c, f, p = self.head_out.shape
         mask = jnp.tril(jnp.ones((c, c)), k=-1)  # mask[c, d] = 1 where d < c
-        mix = jnp.einsum("...d,cdf->...cf", z_pos, self.channel_mix[...] * mask[:, :, None])
-        u = jax.nn.gelu(features[..., None, :] + mix)
-        return jnp.einsum("...cf,cfp->...cp", u, self.head_out[...]) + self.head_bias[...]
+        mix = (self.channel_mix[...] * mask[:, :, None]).transpose(1, 0, 2).reshape(c, c * f)  # (d, c f)
+        u = jax.nn.gelu(features[..., None, :] + (z_pos @ mix).reshape(*z_pos.shape[:-1], c, f))
+        # One (..., c f) @ (c f, c p) matmul with the per-channel maps on the block diagonal,
+        # instead of c batched ones: no transposes of u (which cost more than the matmul on the CPU).
+        block_diagonal = jnp.einsum("cfp,cd->cfdp", self.head_out[...], jnp.eye(c)).reshape(c * f, c * p)
+        out = u.reshape(*u.shape[:-2], c * f) @ block_diagonal
+        return out.reshape(*u.shape[:-1], p) + self.head_bias[...]
 
 
 def dropout_keys(key, n: int) -> list:

@@ -48,12 +48,13 @@ def right_shift(x):
 class DownConv(nnx.Module):
     """Output (i, j) sees input rows i-kh+1..i, columns j-kw//2..j+kw//2."""
 
-    def __init__(self, cin, cout, kh, kw, *, rngs):
-        self.kh, self.kw = kh, kw
+    def __init__(self, cin, cout, kh, kw, *, rngs, as_matmul=False):
+        self.kh, self.kw, self.as_matmul = kh, kw, as_matmul
         self.conv = nnx.Conv(cin, cout, (kh, kw), padding="VALID", rngs=rngs)
 
     def __call__(self, x):
-        return self.conv(jnp.pad(x, ((0, 0), (self.kh - 1, 0), (self.kw // 2, self.kw // 2), (0, 0))))
+        x = jnp.pad(x, ((0, 0), (self.kh - 1, 0), (self.kw // 2, self.kw // 2), (0, 0)))
+        return conv_as_matmul(self.conv, x) if self.as_matmul else self.conv(x)
 
     def last_row(self, rows):
         """The output row whose window is exactly `rows` (B, kh, W, C) -> (B, 1, W, C')."""
@@ -63,23 +64,24 @@ class DownConv(nnx.Module):
 class RightConv(nnx.Module):
     """Output (i, j) sees input row i, columns j-kw+1..j."""
 
-    def __init__(self, cin, cout, kw, *, rngs):
-        self.kw = kw
+    def __init__(self, cin, cout, kw, *, rngs, as_matmul=False):
+        self.kw, self.as_matmul = kw, as_matmul
         self.conv = nnx.Conv(cin, cout, (1, kw), padding="VALID", rngs=rngs)
 
     def __call__(self, x):
-        return self.conv(jnp.pad(x, ((0, 0), (0, 0), (self.kw - 1, 0), (0, 0))))
+        x = jnp.pad(x, ((0, 0), (0, 0), (self.kw - 1, 0), (0, 0)))
+        return conv_as_matmul(self.conv, x) if self.as_matmul else self.conv(x)
 
 
 def conv_as_matmul(conv: nnx.Conv, x):
-    """A VALID, stride-1 `conv` applied to x (B, kh, W', C) whose height is the kernel's:
-    (B, 1, W'-kw+1, C'), as one patch matmul. The fast sampler calls this inside its loops,
-    where XLA:CPU runs small convolutions far slower than the same dot."""
+    """A VALID, stride-1 `conv` applied to x (B, H', W', C): (B, H'-kh+1, W'-kw+1, C'), as one
+    matmul of the kh*kw shifted windows concatenated along channels. XLA:CPU runs this faster
+    than its convolution where the input has few channels (the input convs over the latent's
+    c channels) and inside the fast sampler's loops, where small convolutions are slower."""
     kh, kw, cin, cout = conv.kernel.shape
-    width = x.shape[2] - kw + 1
-    patches = jnp.stack([x[:, :, dx : dx + width] for dx in range(kw)], axis=2)  # (B, kh, kw, W, C)
-    patches = patches.transpose(0, 3, 1, 2, 4).reshape(x.shape[0], width, kh * kw * cin)
-    return (patches @ conv.kernel[...].reshape(kh * kw * cin, cout) + conv.bias[...])[:, None]
+    height, width = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    patches = jnp.concatenate([x[:, dy : dy + height, dx : dx + width] for dy in range(kh) for dx in range(kw)], axis=-1)
+    return patches @ conv.kernel[...].reshape(kh * kw * cin, cout) + conv.bias[...]
 
 
 def gate(x):
@@ -126,9 +128,10 @@ class GatedPixelCNN(nnx.Module):
             raise ValueError(f"PixelCNN needs num_layers >= 1 and an odd kernel_size; got {num_layers}, {kernel_size}")
         hgt, wid = grid
         f, k = features, kernel_size
-        self.v_in = DownConv(in_channels, f, hgt, 2 * wid - 1, rngs=rngs)  # every row above, every column
+        # The input convs see the whole grid through few channels: patch matmuls (conv_as_matmul)
+        self.v_in = DownConv(in_channels, f, hgt, 2 * wid - 1, rngs=rngs, as_matmul=True)  # every row above, every column
         self.v_in_to_h = nnx.Linear(f, f, rngs=rngs)
-        self.h_in = RightConv(in_channels, f, wid, rngs=rngs)  # every column to the left
+        self.h_in = RightConv(in_channels, f, wid, rngs=rngs, as_matmul=True)  # every column to the left
         self.layers = nnx.List([GatedLayer(f, k, dropout, rngs=rngs) for _ in range(num_layers)])
 
     # ------------------------------------------------------------------ network pieces

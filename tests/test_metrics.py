@@ -51,6 +51,17 @@ def test_precision_recall_with_known_overlap():
     assert sub["precision"] > 0.95 and sub["recall"] < 0.5
 
 
+def test_manifold_radii_match_a_full_sort_with_duplicates():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    x[100:110] = x[0]  # ties: the k-th smallest counts each duplicate once
+    d = ((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1)
+    for k in (1, 3, 5):
+        np.testing.assert_allclose(metrics.manifold_radii(x, k, chunk=128), np.sort(d, axis=1)[:, k], rtol=1e-4, atol=1e-4)
+    fake = x + rng.normal(size=x.shape).astype(np.float32) * 0.3
+    assert metrics.precision_recall(x, fake, real_radii=metrics.manifold_radii(x)) == metrics.precision_recall(x, fake)
+
+
 def test_label_stats():
     uniform = metrics.label_stats(np.arange(1000) % 10)
     assert uniform["label_entropy"] == pytest.approx(math.log(10))

@@ -6,6 +6,7 @@ The features come from the classifier this codebase trains on the same dataset
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -32,11 +33,22 @@ def _sq_dists(a, b):
     return jnp.maximum(jnp.sum(a**2, 1)[:, None] - 2.0 * cross + jnp.sum(b**2, 1)[None], 0.0)
 
 
-def _kth_nn_radius(x, k: int, chunk: int) -> np.ndarray:
-    """Squared distance from each row of x to its k-th nearest other row."""
-    x = jnp.asarray(x)
-    out = [jnp.sort(_sq_dists(x[i : i + chunk], x), axis=1)[:, k] for i in range(0, len(x), chunk)]
-    return np.asarray(jnp.concatenate(out))  # column 0 is the point itself
+@functools.partial(jax.jit, static_argnums=2)
+def _kth_smallest(a, b, k: int):
+    """Per row of a: the k-th smallest (from 0) squared distance to the rows of b, by k rounds
+    of masking each row's minimum: 20x faster on the CPU than sorting (or top_k of) 10k-long rows."""
+    d = _sq_dists(a, b)
+    rows = jnp.arange(d.shape[0])
+    for _ in range(k):
+        d = d.at[rows, jnp.argmin(d, axis=1)].set(jnp.inf)
+    return jnp.min(d, axis=1)
+
+
+def manifold_radii(x, k: int = 3, chunk: int = 1000) -> np.ndarray:
+    """Squared distance from each row of x to its k-th nearest other row: the radii of the
+    k-NN balls whose union is x's manifold (column 0 of the sorted distances is the point itself)."""
+    x = jnp.asarray(np.asarray(x, np.float32))
+    return np.asarray(jnp.concatenate([_kth_smallest(x[i : i + chunk], x, k) for i in range(0, len(x), chunk)]))
 
 
 def _inside_manifold(points, centers, radii, chunk: int) -> np.ndarray:
@@ -47,15 +59,17 @@ def _inside_manifold(points, centers, radii, chunk: int) -> np.ndarray:
     return np.asarray(jnp.concatenate(hits))
 
 
-def precision_recall(real, fake, k: int = 3, chunk: int = 1000) -> dict:
+def precision_recall(real, fake, k: int = 3, chunk: int = 1000, real_radii=None) -> dict:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds.
 
     precision: share of fake samples inside the real manifold (fidelity);
     recall: share of real samples inside the fake manifold (coverage).
+    `real_radii`: `manifold_radii(real, k)` when the caller scores many fakes against one real set.
     """
     real, fake = np.asarray(real, np.float32), np.asarray(fake, np.float32)
-    precision = _inside_manifold(fake, real, _kth_nn_radius(real, k, chunk), chunk).mean()
-    recall = _inside_manifold(real, fake, _kth_nn_radius(fake, k, chunk), chunk).mean()
+    real_radii = manifold_radii(real, k, chunk) if real_radii is None else real_radii
+    precision = _inside_manifold(fake, real, real_radii, chunk).mean()
+    recall = _inside_manifold(real, fake, manifold_radii(fake, k, chunk), chunk).mean()
     return {"precision": float(precision), "recall": float(recall)}
 
 

@@ -179,6 +179,8 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
             real_feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
         data_labels = metrics.label_stats(dataset.test.labels)
         real_feats = real_feats[np.random.default_rng(0).permutation(len(real_feats))[:n_compared]]
+        with timed("fd_classifier, precision/recall, labels"):
+            real_radii = metrics.manifold_radii(real_feats)  # the real manifold: once for every prior and seed
     else:
         log.warning("%s has no class labels: no classifier, so no fd_classifier, precision/recall or label "
                     "statistics in this report", dataset.name)
@@ -211,7 +213,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
                 feats, predicted = classifier.features_and_labels(clf, images)
             with timed("fd_classifier, precision/recall, labels"):
                 r["fd_classifier"] = metrics.frechet_distance(real_feats, feats[:n_compared])
-                r.update(metrics.precision_recall(real_feats, feats[:n_compared]))
+                r.update(metrics.precision_recall(real_feats, feats[:n_compared], real_radii=real_radii))
                 r.update(metrics.label_stats(predicted))
         if continuous:
             with timed("prior hole rate (log q of the samples)"):

@@ -1,7 +1,7 @@
 """Shared fixtures and helpers.
 
 Session fixtures train once and are shared read-only (tests that change a run copy it first):
-  smoke_workdir  README's main job (conv VAE + GMM + PixelCNN + transformer) on the smoke preset
+  smoke_workdir  the main job's pipeline (conv VAE + GMM + PixelCNN + transformer) on MNIST's smoke preset
   smoke_report   sample.py's comparison on it
   straight_run   the MLP smoke VAE (6 epochs) and a MADE prior, uninterrupted, for the
                  resume/bad-input tests to compare against
@@ -39,7 +39,7 @@ def mnist_dir():
 
 @pytest.fixture(scope="session")
 def smoke_workdir(mnist_dir, tmp_path_factory):
-    """README's main job (VAE + GMM + PixelCNN + transformer) on the smoke preset, trained once."""
+    """The main job's pipeline (VAE + GMM + PixelCNN + transformer) on MNIST's smoke preset, trained once."""
     from vae import stages
 
     workdir = tmp_path_factory.mktemp("smoke") / "run"

@@ -48,9 +48,9 @@ def time_fit(config, name, num_latents, epochs):
     pc = config.prior
     mesh = sharding.make_mesh(1)
     latent_shape = models.latent_shape_from_config(config.vae, input_pipeline.IMAGE_SHAPES[config.data.name])
-    prior = priors.build(name, latent_shape, pc)
     if priors.registry.get(name).fit != "gradient":
         raise app.UsageError(f"--prior={name} is not fitted by gradient steps")
+    prior = priors.build(name, latent_shape, pc)
     steps = num_latents // pc.batch_size
     tx = optim.make_optimizer(pc, steps * (epochs + 1))
     key = jax.random.key(0)

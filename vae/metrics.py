@@ -36,7 +36,8 @@ def _sq_dists(a, b):
 @functools.partial(jax.jit, static_argnums=2)
 def _kth_smallest(a, b, k: int):
     """Per row of a: the k-th smallest (from 0) squared distance to the rows of b, by k rounds
-    of masking each row's minimum: 20x faster on the CPU than sorting (or top_k of) 10k-long rows."""
+    of masking each row's minimum. On the 2-core CPU precision_recall of 10k x 10k features took
+    41.6 s sorting each 10k-long row (35 s with top_k) and 3.6 s this way."""
     d = _sq_dists(a, b)
     rows = jnp.arange(d.shape[0])
     for _ in range(k):

@@ -2,7 +2,7 @@
 
   python benchmarks/iwae_eval.py [--workdir W] [--k 1000] [--n 10000]
 
-Runs `report.iwae_under_prior`, the function sample.py uses (batches of 100 images, the k
+Runs `report.iwae_under_priors`, the function sample.py uses (batches of 100 images, the k
 samples drawn 10 at a time inside a lax.scan with a running log-sum-exp), under N(0, I).
 With --workdir it evaluates that run's VAE on its test split; without, a freshly initialised
 MLP VAE (configs/mnist_mlp.py) on the 10,000 real MNIST test digits: the time does not depend
@@ -28,7 +28,7 @@ from vae import cli, evaluation, input_pipeline, losses, models, report
 from vae import workdir as workdir_lib
 
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
-BATCH = 100  # report.iwae_under_prior's default
+BATCH = 100  # report.iwae_under_priors' default
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir; default: an untrained MLP VAE on MNIST.")
 _K = flags.DEFINE_integer("k", 1000, "Importance samples per image.")
@@ -62,9 +62,9 @@ def main(argv):
     print(f"{what}: {n} images, k={k}, on {jax.devices()[0].device_kind}; "
           f"host RSS before: {peak_rss_gib():.2f} GiB")
 
-    report.iwae_under_prior(vae, prior, x[:BATCH], key, k)  # compile
+    report.iwae_under_priors(vae, [prior], x[:BATCH], key, k)  # compile
     t0 = time.perf_counter()
-    nll, elbo = report.iwae_under_prior(vae, prior, x, key, k)
+    (nll,), (elbo,) = report.iwae_under_priors(vae, [prior], x, key, k)
     seconds = time.perf_counter() - t0
 
     # FLOPs of one batch, as XLA counts them for the same call report.py makes

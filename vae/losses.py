@@ -149,8 +149,13 @@ def iwae_bound(encode, decode, likelihood, x, key, *, k, log_prior=standard_norm
 
     The k samples are drawn `chunk` at a time inside a `lax.scan`, keeping a running
     log-sum-exp, so memory is O(B * chunk) whatever k is. With `with_elbo`, also returns
-    the ELBO estimated from the same k draws (the mean of the log weights).
+    the ELBO estimated from the same k draws (the mean of the log weights). `log_prior` may be
+    a tuple of log-densities: the draws, the decoder and log q(z|x) are then computed once and
+    every output gains a leading axis, one row per prior (what comparing priors needs: the
+    decoder dominates the cost).
     """
+    many = isinstance(log_prior, (tuple, list))
+    log_priors = tuple(log_prior) if many else (log_prior,)
     chunk = min(chunk or k, k)
     if k % chunk:
         raise ValueError(f"k={k} must be a multiple of the chunk size {chunk}")
@@ -162,16 +167,14 @@ def iwae_bound(encode, decode, likelihood, x, key, *, k, log_prior=standard_norm
         z = (mean + jnp.exp(0.5 * logvar) * eps).reshape(chunk * batch, *mean.shape[1:])
         xs = jnp.broadcast_to(x, (chunk, *x.shape)).reshape(chunk * batch, *x.shape[1:])
         rep = lambda a: jnp.broadcast_to(a, (chunk, *a.shape)).reshape(chunk * batch, *a.shape[1:])
-        log_w = (
-            log_likelihood(likelihood, xs, decode(z))
-            + log_prior(z)
-            - gaussian_log_prob(z, rep(mean), rep(logvar))
-        ).reshape(chunk, batch)
+        log_w_given_z = log_likelihood(likelihood, xs, decode(z)) - gaussian_log_prob(z, rep(mean), rep(logvar))
+        log_w = jnp.stack([log_w_given_z + lp(z) for lp in log_priors]).reshape(len(log_priors), chunk, batch)
         lse, total = carry
-        return (jnp.logaddexp(lse, jax.nn.logsumexp(log_w, axis=0)), total + jnp.sum(log_w, axis=0)), None
+        return (jnp.logaddexp(lse, jax.nn.logsumexp(log_w, axis=1)), total + jnp.sum(log_w, axis=1)), None
 
-    init = (jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)))
+    init = (jnp.full((len(log_priors), batch), -jnp.inf), jnp.zeros((len(log_priors), batch)))
     (lse, total), _ = jax.lax.scan(body, init, jax.random.split(key, k // chunk))
-    if with_elbo:
-        return lse - math.log(k), total / k
-    return lse - math.log(k)
+    bound, elbo_ = lse - math.log(k), total / k
+    if not many:
+        bound, elbo_ = bound[0], elbo_[0]
+    return (bound, elbo_) if with_elbo else bound

@@ -147,7 +147,8 @@ class VAE(nnx.Module):
 
     def iwae(self, x, key, *, k: int, log_prior):
         """(IWAE bound with k importance samples, ELBO from the same draws) per example, under
-        the prior `log_prior` (`losses.iwae_bound`, 10 draws at a time)."""
+        the prior `log_prior`, or (P, B) under each of a tuple of P priors from the same draws
+        (`losses.iwae_bound`, 10 draws at a time)."""
         return losses.iwae_bound(self.encode, self.decode, self.likelihood, x, key, k=k, log_prior=log_prior,
                                  chunk=min(k, 10) if k % 10 == 0 else k, with_elbo=True)
 

@@ -57,18 +57,20 @@ def draw_samples(prior, key, n: int, batch: int = 2000):
     return jnp.concatenate(parts)[:n]
 
 
-def iwae_under_prior(vae, prior, x, key, k: int, batch: int = 100):
-    """(nll_iwae, elbo) per example of prepared test images x under `prior`."""
+def iwae_under_priors(vae, priors_, x, key, k: int, batch: int = 100):
+    """(nll_iwae, elbo), each (P, N), of prepared test images x under each of the P priors in
+    `priors_`, from the same k draws per image: the decoder runs once for all of them."""
     vg, vs = nnx.split(vae)
-    pg, ps = nnx.split(prior)
+    graphdefs, states = zip(*(nnx.split(p) for p in priors_))
 
     @jax.jit
-    def one(vs, ps, xb, kb):
-        return nnx.merge(vg, vs).iwae(xb, kb, k=k, log_prior=nnx.merge(pg, ps).log_prob)
+    def one(vs, states, xb, kb):
+        log_priors = tuple(nnx.merge(g, s).log_prob for g, s in zip(graphdefs, states))
+        return nnx.merge(vg, vs).iwae(xb, kb, k=k, log_prior=log_priors)
 
-    out = [one(vs, ps, jnp.asarray(x[i : i + batch]), jax.random.fold_in(key, i))
+    out = [one(vs, states, jnp.asarray(x[i : i + batch]), jax.random.fold_in(key, i))
            for i in tqdm(range(0, len(x), batch), desc="iwae", leave=False)]
-    return -np.concatenate([np.asarray(o[0]) for o in out]), np.concatenate([np.asarray(o[1]) for o in out])
+    return -np.concatenate([np.asarray(o[0]) for o in out], axis=1), np.concatenate([np.asarray(o[1]) for o in out], axis=1)
 
 
 def _open(workdir: str):
@@ -189,15 +191,17 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     decode = jax.jit(lambda s, z: losses.decoder_mean(vae.likelihood, nnx.merge(vg, s).decode(z)))
     num_dims = math.prod(x_test.shape[1:])
 
-    def score(prior, seed):
-        """(metrics, latents, images) of one prior under one sample seed."""
+    with timed(f"nll_iwae[{k}] and ELBO on the test split"):  # every prior from the same draws at once
+        iwae = {seed: iwae_under_priors(vae, list(fitted.values()), x_test, key("iwae", seed), k) for seed in seeds}
+
+    def score(index, prior, seed):
+        """(metrics, latents, images) of the index-th prior under one sample seed."""
         t0 = time.perf_counter()
         with timed("sample and decode"):
             z = draw_samples(prior, key("samples", seed), n_samples)  # the same latent seed for every prior
             images = np.asarray(_batched(lambda zb: decode(vs, zb), z, 1000))
         sample_seconds = time.perf_counter() - t0
-        with timed(f"nll_iwae[{k}] and ELBO on the test split"):
-            nll, elbo = iwae_under_prior(vae, prior, x_test, key("iwae", seed), k)
+        nll, elbo = iwae[seed][0][index], iwae[seed][1][index]
         r = {"nll_iwae": float(nll.mean())} | ({"elbo": float(elbo.mean())} if continuous else {})  # VQ: elbo = -nll
         with timed("held-out latent NLL (one z ~ q(z|x) per test image)"):
             z_test = evaluation.draw_latents(key("heldout_draws", seed), test_mean, test_logvar)
@@ -224,11 +228,11 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         return r, z, images
 
     results, grids = {}, {}
-    for name, prior in fitted.items():
+    for index, (name, prior) in enumerate(fitted.items()):
         log.info("prior %s", name)
         per_seed = []
         for seed in seeds:
-            r, z, images = score(prior, seed)
+            r, z, images = score(index, prior, seed)
             per_seed.append(r)
             if seed == seeds[0]:
                 with timed("write sample grids and .npz"):

@@ -153,7 +153,11 @@ class VQVAE(nnx.Module):
 
     def iwae(self, x, key, *, k: int, log_prior):
         """(log p(x) bound, ELBO) per example: both log p(x|z_q) + log p(z_q), the posterior
-        being a point mass (k and key change nothing)."""
+        being a point mass (k and key change nothing); (P, B) each for a tuple of P priors."""
         codes, _ = self.encode(x)
-        bound = losses.log_likelihood(self.likelihood, x, self.decode(codes)) + log_prior(codes)
+        log_px = losses.log_likelihood(self.likelihood, x, self.decode(codes))
+        if isinstance(log_prior, (tuple, list)):
+            bound = jnp.stack([log_px + lp(codes) for lp in log_prior])
+        else:
+            bound = log_px + log_prior(codes)
         return bound, bound

@@ -96,6 +96,7 @@ def fit_config(name):
     c.prior.num_epochs = 25
     c.prior.batch_size = 256
     c.prior.learning_rate = 3e-3
+    c.prior.unroll = False  # no convolutions here: a rolled scan compiles faster (base.py)
     c.prior.made.hidden = (64, 64)
     c.prior.made.num_mixtures = 4
     c.prior.gmm.num_components = 4
@@ -288,6 +289,7 @@ def test_diffusion_fitted_to_a_mixture_matches_its_density_moments_and_modes(tmp
     entropy = -float(true_log_prob(held).mean())
     config = fit_config("diffusion")
     config.prior.diffusion.update(hidden=128, num_blocks=2, ode_steps=25)
+    config.prior.num_epochs = 15  # measured: 0.024 nats from the entropy at 25 epochs, 0.038 at 15, 0.052 at 10
     (tmp_path / "priors").mkdir()
     prior = prior_stage.fit_gradient(config, workdir_lib.Workdir(str(tmp_path)), "diffusion",
                                      priors.build("diffusion", (2,), config.prior, seed=0),
@@ -296,12 +298,12 @@ def test_diffusion_fitted_to_a_mixture_matches_its_density_moments_and_modes(tmp
     records = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
     assert "fit_loss/diffusion" in records[0]  # trained on its own objective, not -log p
 
-    g = np.linspace(-8.0, 8.0, 161)
+    g = np.linspace(-8.0, 8.0, 81)  # spacing 0.2 against component sd 0.5: the sum is within 1e-3 of the integral
     logp = jax.jit(prior.log_prob)(jnp.asarray(np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)))
     cell = (g[1] - g[0]) ** 2
     assert float(jnp.exp(logp).sum()) * cell == pytest.approx(1.0, abs=0.02)
     nll = evaluation.latent_nll(prior, held)
-    assert abs(nll - entropy) < 0.1, (nll, entropy)  # measured: 0.05
+    assert abs(nll - entropy) < 0.1, (nll, entropy)
 
     samples = np.asarray(prior.sample(jax.random.key(3), 5000))
     np.testing.assert_allclose(samples.mean(0), [0.0, 0.0], atol=0.15)

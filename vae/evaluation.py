@@ -87,11 +87,16 @@ def draw_latents(key, mean, logvar):
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _sum_log_prob(graphdef, state, z):
+    return jnp.sum(nnx.merge(graphdef, state).log_prob(z))
+
+
 def latent_nll(prior, z, batch_size: int = 1000) -> float:
-    """Mean -log p(z) over latents z (nats per example)."""
+    """Mean -log p(z) over latents z (nats per example), in batches under jit (compiled once
+    per prior structure and batch shape: a fit evaluates every epoch without recompiling)."""
     graphdef, state = nnx.split(prior)
-    log_prob = jax.jit(lambda s, zb: nnx.merge(graphdef, s).log_prob(zb))
-    total = sum(jnp.sum(log_prob(state, z[i : i + batch_size])) for i in range(0, len(z), batch_size))
+    total = sum(_sum_log_prob(graphdef, state, z[i : i + batch_size]) for i in range(0, len(z), batch_size))
     return -float(total) / len(z)  # one host fetch
 
 

@@ -197,7 +197,7 @@ def make_fit_chunk(config, name, prior, tx, key, mesh):
     @functools.partial(jax.jit, donate_argnums=0)
     def train_chunk(state, z, batch_indices):
         return loop.scan_steps(lambda st, idx: train_step(st, jax.lax.with_sharding_constraint(z[idx], split_batch)),
-                               state, batch_indices)
+                               state, batch_indices, pc.get("unroll", True))  # .get: configs saved before the option
 
     return train_chunk, train_metric
 

@@ -6,6 +6,11 @@ Session fixtures train once and are shared read-only (tests that change a run co
   straight_run   the MLP smoke VAE (6 epochs) and a MADE prior, uninterrupted, for the
                  resume/bad-input tests to compare against
 Real MNIST comes from ../shared; CLI helpers run train.py/sample.py as real subprocesses.
+
+README's test command runs the suite on 2 pytest-xdist workers with `--dist loadgroup`:
+`pytest_collection_modifyitems` puts every test that needs one of these session fixtures, or
+a module-scoped fixture, in one group, so one worker builds each fixture once and the other
+runs everything else meanwhile. `python -m pytest tests/test_x.py` runs in one process.
 """
 
 import json
@@ -28,6 +33,20 @@ def mnist_config(module="mnist", preset="smoke"):
     config = importlib.import_module(f"configs.{module}").get_config(preset)
     config.data.idx_dir = str(MNIST_DIR)
     return config
+
+
+SHARED_FIXTURES = ("smoke_workdir", "straight_run")  # session fixtures worth building once
+
+
+def pytest_collection_modifyitems(config, items):
+    """Group the tests sharing an expensive fixture onto one xdist worker (see the docstring)."""
+    for item in items:
+        names = item.fixturenames  # the whole closure: smoke_report brings smoke_workdir
+        group = next((name for name in SHARED_FIXTURES if name in names), None)
+        if group is None and any(d[-1].scope == "module" for d in item._fixtureinfo.name2fixturedefs.values()):
+            group = item.module.__name__
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

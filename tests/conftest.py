@@ -38,6 +38,7 @@ def mnist_config(module="mnist", preset="smoke"):
 SHARED_FIXTURES = ("smoke_workdir", "straight_run")  # session fixtures worth building once
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
 def pytest_collection_modifyitems(config, items):
     """Group the tests sharing an expensive fixture onto one xdist worker (see the docstring)."""
     for item in items:

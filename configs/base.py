@@ -103,7 +103,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.prior.steps_per_call = 8
     # As train.unroll: the PixelCNN's convolutions want the steps unrolled on XLA:CPU; a prior
     # without convolutions (MADE, RealNVP, diffusion on vector latents) compiles faster rolled
-    # (measured: tests/test_priors.py's 25-epoch RealNVP fit, 53 s unrolled, 29 s rolled).
+    # (measured: tests/test_priors.py's 25-epoch RealNVP fit, 53 s unrolled, 29 s rolled, both
+    # while another job shared the 2-core CPU).
     config.prior.unroll = True
     # Model selection on the held-out latents: the best epoch is kept; patience > 0 stops a
     # gradient fit after that many epochs without a new best (0: run every epoch).

@@ -28,7 +28,7 @@ import jax
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
-from peak import matmul_peak_gflops
+from peak import describe, matmul_peak_gflops
 
 import priors
 import vae
@@ -72,7 +72,7 @@ def time_fit(config, name, num_latents, epochs):
     jax.block_until_ready(metrics)
     steps_per_sec = epochs * steps / (time.perf_counter() - t0)
     one = loop.epoch_batch_indices(key, 1, num_latents, pc.batch_size, 1)
-    cost = train_chunk.lower(state, z, one).compile().cost_analysis()
+    cost = train_chunk.lower(state, z, one).cost_analysis()  # before compilation: see train_throughput.py
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return steps_per_sec, cost["flops"] / 1e9
 
@@ -92,7 +92,7 @@ def main(argv):
     achieved = steps * gflop
     line = (f"{name} fit (batch {config.prior.batch_size}, steps_per_call {config.prior.steps_per_call}): "
             f"{steps:.2f} steps/s = {steps * config.prior.batch_size:.0f} latents/s; {gflop * 1e3:.0f} MFLOP/step "
-            f"(XLA count) -> {achieved:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of the {peak:.0f} GFLOP/s matmul peak")
+            f"(XLA count) -> {achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of the {peak:.0f} GFLOP/s {describe()}")
     print(line, flush=True)
     summary = f"SUMMARY prior_fit_throughput prior={name} device={device.device_kind}: {steps:.2f} steps/s"
     if _XLA_BASELINE.value:

@@ -14,7 +14,7 @@ Times, in this one process:
   * the training step as `train.py` runs it (`vae_stage.make_step_functions`: device-resident
     uint8 data, dynamic binarization, Adam + clipping, one jitted call per epoch for the MLP,
     unrolled chunks for the conv VAE): steps/s, images/s, and GFLOP/s from XLA's own FLOP
-    count of one step, as a share of the matmul peak;
+    count of one step (before compilation, so backend-neutral), as a share of the matmul peak;
   * the same architecture, loss, batch and optimizer in PyTorch eager (if torch is installed:
     `pip install -e ".[bench]" --extra-index-url https://download.pytorch.org/whl/cpu`).
 Compilation and the first epoch are excluded on both sides. The last line is the summary.
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from peak import matmul_peak_gflops
+from peak import describe, matmul_peak_gflops
 
 from configs import fashion_mnist, mnist_mlp
 from vae import cli, input_pipeline, losses, models, optim, sharding, vae_stage
@@ -49,11 +49,16 @@ _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", None, "config.train.ste
                                        "epoch, the accelerator setting); default: the config's.")
 _UNROLL = flags.DEFINE_bool("unroll", None, "config.train.unroll; default: the config's.")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "Also time the PyTorch step under torch.compile.")
+_TORCH_DEVICE = flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
+                                  "Where the PyTorch peer runs; auto: cuda when JAX runs on a GPU and torch sees one.")
+_IDX_DIR = flags.DEFINE_string("idx_dir", None, "Directory of the arch's IDX files (default: ../shared/data/mnist "
+                               "for mlp, the Debian Fashion-MNIST package's directory for conv).")
 
 
-def training_images(arch, n=8000):
+def training_images(arch, n=8000, directory=None):
     """(images, where they came from): the first n real images of the arch's dataset."""
-    directory, split = IDX[arch]
+    default_dir, split = IDX[arch]
+    directory = directory or default_dir
     try:
         return input_pipeline.read_idx_pair(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"),
                                             os.path.join(directory, f"{split}-labels-idx1-ubyte.gz")).images[:n], directory
@@ -93,20 +98,35 @@ def time_jax(config, images, epochs):
     jax.block_until_ready(m)
     steps_per_sec = epochs * steps_per_epoch / (time.perf_counter() - t0)
     batch = jnp.asarray(images[: config.train.batch_size])
-    cost = jax.jit(fns.train_step).lower(state, batch, key).compile().cost_analysis()
+    # XLA's count of the program as written (`Lowered`, before compilation): the same number on
+    # every backend. After compilation a GPU's count leaves out the convolutions that became
+    # cuDNN calls (1/54 of the conv VAE's FLOPs on an H200).
+    cost = jax.jit(fns.train_step).lower(state, batch, key).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return steps_per_sec, cost["flops"] / 1e9
 
 
-def time_torch(config, images, epochs, compile_step=False):
-    """steps/s of the same VAE, loss, batch and optimizer in PyTorch, eager or under
-    torch.compile (None if torch is absent, or torch.compile fails here)."""
+def torch_device(choice):
+    """'cpu' or 'cuda' for the PyTorch peer (None if torch is absent)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if choice == "auto":
+        return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def time_torch(config, images, epochs, device, compile_step=False):
+    """steps/s of the same VAE, loss, batch and optimizer in PyTorch on `device`, eager or
+    under torch.compile (None if torch is absent, or torch.compile fails here)."""
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count())
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # XLA's GPU default
     torch.manual_seed(0)
     vc, tc = config.vae, config.train
     binarize = config.data.binarize
@@ -155,9 +175,11 @@ def time_torch(config, images, epochs, compile_step=False):
         log_mid = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp_min(1e-12)), log_pdf_mid)
         return torch.where(x < half_bin, F.logsigmoid(plus), torch.where(x > 1 - half_bin, -F.softplus(minus), log_mid))
 
+    for m in modules:
+        m.to(device)
     parameters = [p for m in modules for p in m.parameters()]
     opt = torch.optim.Adam(parameters, lr=tc.learning_rate)
-    data = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NCHW uint8
+    data = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)  # NCHW uint8
     steps_per_epoch = len(images) // tc.batch_size
 
     def loss_fn(x_uint8):
@@ -182,10 +204,10 @@ def time_torch(config, images, epochs, compile_step=False):
         return loss.detach()
 
     def epoch():
-        perm = torch.randperm(len(data))
+        perm = torch.randperm(len(data), device=device)
         for i in range(steps_per_epoch):
             loss = step(data[perm[i * tc.batch_size : (i + 1) * tc.batch_size]])
-        return float(loss)
+        return float(loss)  # waits for the device
 
     try:
         epoch()  # warm-up (and compilation), as on the JAX side
@@ -203,7 +225,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     arch, batch, dtype = _ARCH.value, _BATCH.value, _DTYPE.value
     config = config_for(arch, batch, dtype, _DATA_PLACEMENT.value, _STEPS_PER_CALL.value, _UNROLL.value)
-    images, source = training_images(arch)
+    images, source = training_images(arch, directory=_IDX_DIR.value)
     device = jax.devices()[0]
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"jax {jax.__version__} on {jax.device_count()} x {device.device_kind} ({device.platform}); "
@@ -211,14 +233,15 @@ def main(argv):
     print(f"data: {len(images)} images from {source}; steps_per_call={config.train.steps_per_call} "
           f"unroll={config.train.unroll}")
     peak = matmul_peak_gflops()
-    print(f"dense float32 matmul peak: {peak:.1f} GFLOP/s")
+    print(f"{describe()}: {peak:.1f} GFLOP/s")
     steps, gflop = time_jax(config, images, _EPOCHS.value)
     achieved = steps * gflop
     print(f"jax ({arch}, batch {batch}, {dtype}): {steps:.1f} steps/s = {steps * batch:.0f} images/s; "
-          f"{gflop * 1e3:.1f} MFLOP/step (XLA count) -> {achieved:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of peak")
+          f"{gflop * 1e3:.1f} MFLOP/step (XLA count) -> {achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of peak")
     ratios = []
+    tdev = torch_device(_TORCH_DEVICE.value)
     for compiled in (False, True) if _TORCH_COMPILE.value else (False,):
-        torch_steps = time_torch(config, images, _EPOCHS.value, compiled) if dtype == "float32" else None
+        torch_steps = time_torch(config, images, _EPOCHS.value, tdev, compiled) if dtype == "float32" else None
         mode = "compile" if compiled else "eager"
         if torch_steps is None:
             print(f"pytorch {mode}: not run (torch not installed or failed, or bf16 asked)")
@@ -226,11 +249,11 @@ def main(argv):
             continue
         import torch
 
-        print(f"pytorch {torch.__version__} {mode} ({arch}, batch {batch}): {torch_steps:.1f} steps/s "
+        print(f"pytorch {torch.__version__} {mode} on {tdev} ({arch}, batch {batch}): {torch_steps:.1f} steps/s "
               f"= {torch_steps * batch:.0f} images/s")
         ratios.append(f"jax/pytorch-{mode} {steps / torch_steps:.2f}x")
     print(f"SUMMARY train_throughput arch={arch} batch={batch} dtype={dtype} device={device.device_kind}: "
-          f"{steps:.1f} steps/s, {100 * achieved / peak:.0f}% of matmul peak ({achieved:.1f}/{peak:.1f} GFLOP/s), "
+          f"{steps:.1f} steps/s, {100 * achieved / peak:.1f}% of matmul peak ({achieved:.1f}/{peak:.1f} GFLOP/s), "
           + ", ".join(ratios))
 
 

@@ -51,3 +51,41 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, flag, message, mnist_dir):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("module", ["mnist", "fashion_mnist", "mnist_mlp", "fashion_mnist_vq", "cifar10"])
+def test_accelerator_preset_changes_only_how_an_epoch_is_called(module):
+    import importlib
+
+    get_config = importlib.import_module(f"configs.{module}").get_config
+    cpu, accel = get_config("").to_dict(), get_config("accelerator").to_dict()
+    for section in ("train", "prior"):
+        assert (accel[section]["steps_per_call"], accel[section]["unroll"]) == (0, False)
+        cpu[section].update(steps_per_call=0, unroll=False)
+    assert accel == cpu
+    with pytest.raises(ValueError, match="accelerator"):
+        get_config("fast")
+
+
+def test_one_rolled_call_per_epoch_trains_the_same_steps_as_unrolled_chunks(mnist_dir):
+    """The accelerator setting (steps_per_call=0, rolled) and the CPU one (chunks of 4,
+    unrolled) run the same batches with the same keys: the same parameters after an epoch."""
+    import jax
+    from flax import nnx
+
+    from vae import input_pipeline, models, optim, sharding, vae_stage
+
+    images = input_pipeline.read_idx_pair(*(os.path.join(mnist_dir, f"t10k-{k}-idx{d}-ubyte.gz")
+                                            for k, d in (("images", 3), ("labels", 1)))).images[:256]
+    params = []
+    for steps_per_call, unroll in ((4, True), (0, False)):
+        config = mnist_config()
+        config.train.update(batch_size=32, steps_per_call=steps_per_call, unroll=unroll)
+        graphdef, state = nnx.split(models.create_vae(config))
+        tx = optim.make_optimizer(config.train, 8)
+        fns = vae_stage.make_step_functions(graphdef, tx, config, sharding.make_mesh(1))
+        out, _ = fns.train_epoch(optim.init_state(tx, state), jax.device_put(images), jax.random.key(0), 0)
+        assert int(out["step"]) == 8
+        params.append(jax.tree.leaves(out["params"]))
+    for a, b in zip(*params):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -6,7 +6,7 @@ the python batches; offline, point at them):
   python sample.py --workdir runs/cifar10
 or `benchmarks/accelerator.py` (both stages and the report in one process, timed). Smoke
 preset (what tests use, on CIFAR-format files they write): --config configs/cifar10.py:smoke. No CIFAR-10 result is published in README yet: no copy of
-the data and no accelerator were at hand where this was written.
+the data was reachable from the machines (one H200 among them) this was written on.
 """
 
 from configs import base

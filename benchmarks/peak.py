@@ -27,7 +27,10 @@ def matmul_peak_gflops(sizes=None, repeats=5) -> float:
     return best
 
 
+PRECISION = {"cpu": "", "gpu": " (default precision: TF32 on NVIDIA GPUs)", "tpu": " (default precision: bf16 passes)"}
+
+
 def describe() -> str:
     """'dense float32 matmul peak' with the precision it ran at, for the benchmarks' output."""
     backend = jax.default_backend()
-    return "dense float32 matmul peak" + ("" if backend == "cpu" else f" ({backend} default precision: TF32 on NVIDIA)")
+    return "dense float32 matmul peak" + PRECISION.get(backend, f" ({backend} default precision)")

@@ -164,6 +164,7 @@ def get_colour_config(name: str, *, widths, latent_shape, num_epochs: int) -> ml
     config.train.unroll = False
     config.prior.num_epochs = 30
     config.prior.steps_per_call = 0
+    config.prior.unroll = False
     config.prior.pixelcnn.features = 128
     return config
 
@@ -180,7 +181,7 @@ def apply_colour_smoke(config: ml_collections.ConfigDict) -> ml_collections.Conf
     config.data.num_train = 512
     config.data.validation_size = 64
     config.train.update(num_epochs=2, batch_size=32, steps_per_call=4, unroll=True, eval_batch_size=128)
-    config.prior.update(name="gmm", steps_per_call=4, batch_size=32)
+    config.prior.update(name="gmm", steps_per_call=4, unroll=True, batch_size=32)
     config.prior.gmm.num_components = 4
     return config
 

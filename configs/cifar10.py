@@ -4,9 +4,10 @@ Sized for one GPU (8.2M VAE parameters); reports bits/dim. Run (with internet TF
 the python batches; offline, point at them):
   python train.py --config configs/cifar10.py --workdir runs/cifar10 [--config.data.local_dir=DIR]
   python sample.py --workdir runs/cifar10
-or `benchmarks/accelerator.py` (both stages and the report in one process, timed). Smoke
-preset (what tests use, on CIFAR-format files they write): --config configs/cifar10.py:smoke. No CIFAR-10 result is published in README yet: no copy of
-the data was reachable from the machines (one H200 among them) this was written on.
+or `benchmarks/accelerator.py` (both stages and the report in one process, timed).
+Smoke preset (what tests use, on CIFAR-format files they write):
+--config configs/cifar10.py:smoke. No CIFAR-10 result is published in README yet: no copy
+of the data was reachable from the machines (one H200 among them) this was written on.
 """
 
 from configs import base

@@ -10,8 +10,8 @@ Reports bits/dim as well as nats.
 Sized for a first run on a 2-core CPU (README "Performance": `bash benchmarks/end_to_end.sh`
 times it): the VAE and the PixelCNN 10 epochs each, the GMM, and the report. The trade-off,
 measured: both 10-epoch fits are still improving (the PixelCNN's held-out NLL fell at every
-epoch to 10 at 2631a3d), so a GPU user should raise both epoch counts (with the `:accelerator`
-preset the whole job took 2 min 33 s on one H200, README "Performance"); the causal transformer
+epoch to 10 at 2631a3d), so a GPU user should raise both epoch counts (at the `:accelerator`
+setting the whole job took about 2.5 min on one H200, README "Performance"); the causal transformer
 is left out of this job (its 10 epochs took 8.5-11.5 min here and ranked just behind the
 PixelCNN, 204.59 vs 203.25 nats at 2631a3d): add it with
 `--config.prior.name=gmm,pixelcnn,transformer`.

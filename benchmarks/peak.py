@@ -1,10 +1,12 @@
-"""This machine's dense float32 matmul peak, the yardstick the throughput benchmarks divide by.
+"""This machine's dense float32 matmul peak, the yardstick the throughput benchmarks divide by,
+and `no_compilation`, the guard they time their steady state under.
 
 On an accelerator the matmul runs at the backend's default precision, as the models do:
 TF32 on recent NVIDIA GPUs, bf16 passes on TPU. That is the ceiling the models' float32
 convolutions and matmuls can reach, so the share of peak compares like with like.
 """
 
+import contextlib
 import time
 
 import jax
@@ -34,3 +36,28 @@ def describe() -> str:
     """'dense float32 matmul peak' with the precision it ran at, for the benchmarks' output."""
     backend = jax.default_backend()
     return "dense float32 matmul peak" + PRECISION.get(backend, f" ({backend} default precision)")
+
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax/_src/dispatch.py's BACKEND_COMPILE_EVENT
+
+
+@contextlib.contextmanager
+def no_compilation(what: str):
+    """Raises if XLA compiles anything inside the block: a benchmark's timed region must hold
+    steady-state steps only. (A compile there is silent otherwise: a jitted call that gets its
+    state with other shardings than its previous output, for one, compiles a second time, and
+    with one call per epoch that second compile lands in the first timed epoch.)"""
+    seconds = []
+
+    def listener(event, duration, **_):
+        if event == COMPILE_EVENT:
+            seconds.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    if seconds:
+        raise RuntimeError(f"{what}: XLA compiled {len(seconds)} program(s) ({sum(seconds):.1f} s) inside the timed "
+                           "region, so the figure would count compilation as steps; warm every program up first")

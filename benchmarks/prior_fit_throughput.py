@@ -8,6 +8,7 @@ EMA included) on `--latents` latents of the config's latent shape, drawn from N(
 does not depend on the values), `prior.steps_per_call` steps per call (0: one call per
 epoch, the accelerator setting); compilation and the first epoch are excluded. Prints
 steps/s, latents/s and XLA's FLOP count of one step as a share of this machine's matmul peak.
+The timed epochs must compile nothing (`peak.no_compilation`).
 
 `--xla_baseline` also times the same command in a child process under XLA:CPU's own
 convolution default (`--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`,
@@ -28,7 +29,7 @@ import jax
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
-from peak import describe, matmul_peak_gflops
+from peak import describe, matmul_peak_gflops, no_compilation
 
 import priors
 import vae
@@ -55,7 +56,9 @@ def time_fit(config, name, num_latents, epochs):
     tx = optim.make_optimizer(pc, steps * (epochs + 1))
     key = jax.random.key(0)
     train_chunk, _ = prior_stage.make_fit_chunk(config, name, prior, tx, key, mesh)
-    state = prior_stage.init_fit_state(tx, nnx.state(prior))
+    # Placed as fit_gradient places it: the chunk returns it replicated over the mesh, and a
+    # state placed otherwise would make the second call compile again.
+    state = sharding.put(prior_stage.init_fit_state(tx, nnx.state(prior)), sharding.replicated(mesh))
     z = jax.random.normal(key, (num_latents, *latent_shape))
 
     def epoch(state, e):
@@ -66,11 +69,12 @@ def time_fit(config, name, num_latents, epochs):
 
     state, metrics = epoch(state, 0)
     jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for e in range(1, epochs + 1):
-        state, metrics = epoch(state, e)
-    jax.block_until_ready(metrics)
-    steps_per_sec = epochs * steps / (time.perf_counter() - t0)
+    with no_compilation(f"{name} fit"):
+        t0 = time.perf_counter()
+        for e in range(1, epochs + 1):
+            state, metrics = epoch(state, e)
+        jax.block_until_ready(metrics)
+        steps_per_sec = epochs * steps / (time.perf_counter() - t0)
     one = loop.epoch_batch_indices(key, 1, num_latents, pc.batch_size, 1)
     cost = train_chunk.lower(state, z, one).cost_analysis()  # before compilation: see train_throughput.py
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

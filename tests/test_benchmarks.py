@@ -1,0 +1,47 @@
+"""The throughput benchmarks time steady-state steps only: `benchmarks/peak.no_compilation`
+catches a compile in a timed region, and the prior-fit benchmark, timed under it with one call
+per epoch (the accelerator setting), compiles its fit chunk once."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import peak
+from vae import sharding
+
+
+def test_no_compilation_raises_on_a_compile_and_passes_a_warm_call():
+    double = jax.jit(lambda x: 2 * x)
+    with pytest.raises(RuntimeError, match=r"compiled \d+ program"):
+        with peak.no_compilation("double"):
+            double(jnp.ones(3)).block_until_ready()
+    with peak.no_compilation("double"):  # compiled above: nothing new
+        double(jnp.ones(3)).block_until_ready()
+
+
+def test_no_compilation_catches_a_state_placed_otherwise_than_the_step_returns_it():
+    """The benchmark bug it guards against: a state placed on the default device, a step that
+    returns it replicated over the mesh, so the second call compiles again."""
+    mesh = sharding.make_mesh(1)
+    step = jax.jit(lambda s: jax.lax.with_sharding_constraint(s + 1, sharding.replicated(mesh)))
+    state = step(jnp.zeros(4))
+    with pytest.raises(RuntimeError, match="compiled"):
+        with peak.no_compilation("step"):
+            step(state).block_until_ready()
+    placed = sharding.put(jnp.zeros(4), sharding.replicated(mesh))
+    state = step(placed)
+    with peak.no_compilation("step"):
+        step(step(state)).block_until_ready()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU-sized run of the benchmark")
+def test_prior_fit_benchmark_compiles_its_chunk_once_with_one_call_per_epoch():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/prior_fit_throughput.py", "--config", "configs/fashion_mnist.py:smoke",
+         "--latents", "256", "--epochs", "2", "--steps_per_call", "0"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SUMMARY prior_fit_throughput prior=pixelcnn" in result.stdout

@@ -6,7 +6,8 @@
 Times `vae.prior_stage.make_fit_chunk` (the jitted chunk of Adam steps fit_gradient runs,
 EMA included) on `--latents` latents of the config's latent shape, drawn from N(0, I) (speed
 does not depend on the values), `prior.steps_per_call` steps per call (0: one call per
-epoch, the accelerator setting); compilation and the first epoch are excluded. Prints
+epoch, the accelerator setting), data-parallel over `train.num_devices` devices as train.py
+runs it (0, the default: all); compilation and the first epoch are excluded. Prints
 steps/s, latents/s and XLA's FLOP count of one step as a share of this machine's matmul peak.
 The timed epochs must compile nothing (`peak.no_compilation`).
 
@@ -47,7 +48,7 @@ XLA_DEFAULT = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
 def time_fit(config, name, num_latents, epochs):
     """(steps/s, GFLOP per step) of the prior's fit chunk."""
     pc = config.prior
-    mesh = sharding.make_mesh(1)
+    mesh = sharding.make_mesh(config.train.num_devices)  # as fit_priors: data-parallel over all devices (0)
     latent_shape = models.latent_shape_from_config(config.vae, input_pipeline.IMAGE_SHAPES[config.data.name])
     if priors.registry.get(name).fit != "gradient":
         raise app.UsageError(f"--prior={name} is not fitted by gradient steps")
@@ -56,13 +57,16 @@ def time_fit(config, name, num_latents, epochs):
     tx = optim.make_optimizer(pc, steps * (epochs + 1))
     key = jax.random.key(0)
     train_chunk, _ = prior_stage.make_fit_chunk(config, name, prior, tx, key, mesh)
-    # Placed as fit_gradient places it: the chunk returns it replicated over the mesh, and a
-    # state placed otherwise would make the second call compile again.
-    state = sharding.put(prior_stage.init_fit_state(tx, nnx.state(prior)), sharding.replicated(mesh))
-    z = jax.random.normal(key, (num_latents, *latent_shape))
+    sharding.check_divisible(pc.batch_size, mesh, "prior.batch_size")
+    # Placed as fit_gradient places them: the chunk returns the state replicated over the mesh,
+    # and a state placed otherwise would make the second call compile again.
+    rep = sharding.replicated(mesh)
+    state = sharding.put(prior_stage.init_fit_state(tx, nnx.state(prior)), rep)
+    z = sharding.put(jax.random.normal(key, (num_latents, *latent_shape)), rep)
 
     def epoch(state, e):
-        batches = loop.epoch_batch_indices(jax.random.fold_in(key, e), 1, num_latents, pc.batch_size, steps)
+        batches = sharding.put(loop.epoch_batch_indices(jax.random.fold_in(key, e), 1, num_latents, pc.batch_size,
+                                                        steps), rep)
         for s in loop.chunk_slices(steps, pc.steps_per_call):
             state, metrics = train_chunk(state, z, batches[s])
         return state, metrics
@@ -75,7 +79,7 @@ def time_fit(config, name, num_latents, epochs):
             state, metrics = epoch(state, e)
         jax.block_until_ready(metrics)
         steps_per_sec = epochs * steps / (time.perf_counter() - t0)
-    one = loop.epoch_batch_indices(key, 1, num_latents, pc.batch_size, 1)
+    one = sharding.put(loop.epoch_batch_indices(key, 1, num_latents, pc.batch_size, 1), rep)
     cost = train_chunk.lower(state, z, one).cost_analysis()  # before compilation: see train_throughput.py
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return steps_per_sec, cost["flops"] / 1e9
@@ -98,7 +102,8 @@ def main(argv):
             f"{steps:.2f} steps/s = {steps * config.prior.batch_size:.0f} latents/s; {gflop * 1e3:.0f} MFLOP/step "
             f"(XLA count) -> {achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of the {peak:.0f} GFLOP/s {describe()}")
     print(line, flush=True)
-    summary = f"SUMMARY prior_fit_throughput prior={name} device={device.device_kind}: {steps:.2f} steps/s"
+    summary = (f"SUMMARY prior_fit_throughput prior={name} device={device.device_kind} "
+               f"devices={sharding.make_mesh(config.train.num_devices).size}: {steps:.2f} steps/s")
     if _XLA_BASELINE.value:
         env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '').replace(vae.CPU_CONV_FLAG, '')} {XLA_DEFAULT}"}
         argv_child = [a for a in sys.argv if not a.startswith("--xla_baseline")]

@@ -1,7 +1,8 @@
 """The throughput benchmarks time steady-state steps only: `benchmarks/peak.no_compilation`
 catches a compile in a timed region, and the prior-fit benchmark, timed under it with one call
-per epoch (the accelerator setting), compiles its fit chunk once."""
+per epoch (the accelerator setting) and data-parallel, compiles its fit chunk once."""
 
+import os
 import subprocess
 import sys
 
@@ -39,9 +40,11 @@ def test_no_compilation_catches_a_state_placed_otherwise_than_the_step_returns_i
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU-sized run of the benchmark")
 def test_prior_fit_benchmark_compiles_its_chunk_once_with_one_call_per_epoch():
+    """On 2 forced host devices, so the data-parallel placement train.py uses is the one timed."""
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"}
     result = subprocess.run(
         [sys.executable, "benchmarks/prior_fit_throughput.py", "--config", "configs/fashion_mnist.py:smoke",
          "--latents", "256", "--epochs", "2", "--steps_per_call", "0"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "SUMMARY prior_fit_throughput prior=pixelcnn" in result.stdout
+    assert "SUMMARY prior_fit_throughput prior=pixelcnn device=cpu devices=2:" in result.stdout

@@ -39,6 +39,13 @@ def describe() -> str:
 
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax/_src/dispatch.py's BACKEND_COMPILE_EVENT
+_compiled: list[tuple[str, float]] = []  # (function, seconds) of every XLA compile since the listener started
+_listening = False
+
+
+def _on_event(event, duration, **kwargs):
+    if event == COMPILE_EVENT:
+        _compiled.append((str(kwargs.get("fun_name", "?")), duration))
 
 
 @contextlib.contextmanager
@@ -46,18 +53,17 @@ def no_compilation(what: str):
     """Raises if XLA compiles anything inside the block: a benchmark's timed region must hold
     steady-state steps only. (A compile there is silent otherwise: a jitted call that gets its
     state with other shardings than its previous output, for one, compiles a second time, and
-    with one call per epoch that second compile lands in the first timed epoch.)"""
-    seconds = []
-
-    def listener(event, duration, **_):
-        if event == COMPILE_EVENT:
-            seconds.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    if seconds:
-        raise RuntimeError(f"{what}: XLA compiled {len(seconds)} program(s) ({sum(seconds):.1f} s) inside the timed "
-                           "region, so the figure would count compilation as steps; warm every program up first")
+    with one call per epoch that second compile lands in the first timed epoch.) One listener,
+    registered on first use and never removed (jax < 0.8.1 has no public way to remove one)."""
+    global _listening
+    if not _listening:
+        jax.monitoring.register_event_duration_secs_listener(_on_event)
+        _listening = True
+    start = len(_compiled)
+    yield
+    new = _compiled[start:]
+    if new:
+        names = ", ".join(sorted({name for name, _ in new}))
+        raise RuntimeError(f"{what}: XLA compiled {len(new)} program(s) ({sum(t for _, t in new):.1f} s: {names}) "
+                           "inside the timed region, so the figure would count compilation as steps; warm every "
+                           "program up first")

@@ -46,7 +46,7 @@ XLA_DEFAULT = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
 
 
 def time_fit(config, name, num_latents, epochs):
-    """(steps/s, GFLOP per step) of the prior's fit chunk."""
+    """(steps/s, GFLOP per step, devices) of the prior's fit chunk."""
     pc = config.prior
     mesh = sharding.make_mesh(config.train.num_devices)  # as fit_priors: data-parallel over all devices (0)
     latent_shape = models.latent_shape_from_config(config.vae, input_pipeline.IMAGE_SHAPES[config.data.name])
@@ -54,6 +54,8 @@ def time_fit(config, name, num_latents, epochs):
         raise app.UsageError(f"--prior={name} is not fitted by gradient steps")
     prior = priors.build(name, latent_shape, pc)
     steps = num_latents // pc.batch_size
+    if steps < 1:
+        raise app.UsageError(f"--latents={num_latents} is fewer than one batch (prior.batch_size={pc.batch_size})")
     tx = optim.make_optimizer(pc, steps * (epochs + 1))
     key = jax.random.key(0)
     train_chunk, _ = prior_stage.make_fit_chunk(config, name, prior, tx, key, mesh)
@@ -67,9 +69,8 @@ def time_fit(config, name, num_latents, epochs):
     def epoch(state, e):
         batches = sharding.put(loop.epoch_batch_indices(jax.random.fold_in(key, e), 1, num_latents, pc.batch_size,
                                                         steps), rep)
-        for s in loop.chunk_slices(steps, pc.steps_per_call):
-            state, metrics = train_chunk(state, z, batches[s])
-        return state, metrics
+        chunks = (batches[s] for s in loop.chunk_slices(steps, pc.steps_per_call))
+        return loop.run_chunks(lambda st, b: train_chunk(st, z, b), state, chunks)  # as fit_gradient paces them
 
     state, metrics = epoch(state, 0)
     jax.block_until_ready(metrics)
@@ -82,7 +83,7 @@ def time_fit(config, name, num_latents, epochs):
     one = sharding.put(loop.epoch_batch_indices(key, 1, num_latents, pc.batch_size, 1), rep)
     cost = train_chunk.lower(state, z, one).cost_analysis()  # before compilation: see train_throughput.py
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return steps_per_sec, cost["flops"] / 1e9
+    return steps_per_sec, cost["flops"] / 1e9, mesh.size
 
 
 def main(argv):
@@ -96,14 +97,14 @@ def main(argv):
           f"jax {jax.__version__} on {jax.device_count()} x {device.device_kind}; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
     peak = matmul_peak_gflops()
-    steps, gflop = time_fit(config, name, _LATENTS.value, _EPOCHS.value)
+    steps, gflop, devices = time_fit(config, name, _LATENTS.value, _EPOCHS.value)
     achieved = steps * gflop
     line = (f"{name} fit (batch {config.prior.batch_size}, steps_per_call {config.prior.steps_per_call}): "
             f"{steps:.2f} steps/s = {steps * config.prior.batch_size:.0f} latents/s; {gflop * 1e3:.0f} MFLOP/step "
             f"(XLA count) -> {achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of the {peak:.0f} GFLOP/s {describe()}")
     print(line, flush=True)
     summary = (f"SUMMARY prior_fit_throughput prior={name} device={device.device_kind} "
-               f"devices={sharding.make_mesh(config.train.num_devices).size}: {steps:.2f} steps/s")
+               f"devices={devices}: {steps:.2f} steps/s")
     if _XLA_BASELINE.value:
         env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '').replace(vae.CPU_CONV_FLAG, '')} {XLA_DEFAULT}"}
         argv_child = [a for a in sys.argv if not a.startswith("--xla_baseline")]

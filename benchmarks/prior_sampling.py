@@ -34,9 +34,9 @@ _N = flags.DEFINE_integer("n", 10000, "Latents drawn in fast mode (one batch).")
 _N_NAIVE = flags.DEFINE_integer("n_naive", 200, "Latents drawn in naive mode.")
 
 
-def timed(fn, *args):
+def timed(what, fn, *args):
     jax.block_until_ready(fn(*args))  # compile + warm up
-    with no_compilation(getattr(fn, "__name__", "sampler")):
+    with no_compilation(what):
         t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
         return time.perf_counter() - t0
@@ -66,13 +66,13 @@ def main(argv):
         graphdef, state = nnx.split(prior)
         sample = jax.jit(lambda s, k, n, mode: nnx.merge(graphdef, s).sample(k, n, mode=mode), static_argnums=(2, 3))
         key = jax.random.key(0)
-        t_naive = timed(sample, state, key, n_naive, "naive")
-        t_quick = timed(sample, state, key, n, quick)
+        t_naive = timed(f"{name} naive", sample, state, key, n_naive, "naive")
+        t_quick = timed(f"{name} {quick}", sample, state, key, n, quick)
         # Reference: one forward pass (log_prob) over as many latents, the least work any
         # autoregressive sampler of this network can do.
         z = sample(state, key, n, quick)
         log_prob = jax.jit(lambda s, z: nnx.merge(graphdef, s).log_prob(z))
-        t_pass = timed(log_prob, state, z)
+        t_pass = timed(f"{name} log_prob", log_prob, state, z)
         naive_rate, quick_rate = n_naive / t_naive, n / t_quick
         size = ", ".join(f"{k}={v}" for k, v in config.prior[name].items())
         print(f"{name} on latent {shape} ({size}; {sum(x.size for x in jax.tree.leaves(state))} parameters)")
@@ -87,8 +87,8 @@ def main(argv):
         sample = jax.jit(lambda s, k, n: nnx.merge(graphdef, s).sample(k, n), static_argnums=2)
         log_prob = jax.jit(lambda s, z: nnx.merge(graphdef, s).log_prob(z))
         key = jax.random.key(0)
-        t_sample = timed(sample, state, key, n)
-        t_pass = timed(log_prob, state, sample(state, key, n))
+        t_sample = timed(f"{name} sample", sample, state, key, n)
+        t_pass = timed(f"{name} log_prob", log_prob, state, sample(state, key, n))
         size = (", ".join(f"{k}={v}" for k, v in config.prior[name].items()) if name != "vamp"
                 else f"{config.vae.vamp_components} pseudo-inputs, the VAE's encoder")
         print(f"{name} on latent {shape} ({size}; {sum(x.size for x in jax.tree.leaves(state))} parameters)")

@@ -22,6 +22,7 @@ the code perplexity and codes used by the samples (`report["test_codes"]`: the t
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -49,11 +50,23 @@ def _batched(fn, x, batch):
     return jnp.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
+# Compiled once per module structure (static graphdefs): later calls and seeds reuse the program.
+@functools.partial(jax.jit, static_argnames=("graphdef", "n"))
+def _sample(state, key, *, graphdef, n):
+    return nnx.merge(graphdef, state).sample(key, n)
+
+
+@functools.partial(jax.jit, static_argnames=("vae_graphdef", "graphdefs", "k"))
+def _iwae_batch(vs, states, xb, kb, *, vae_graphdef, graphdefs, k):
+    log_priors = tuple(nnx.merge(g, s).log_prob for g, s in zip(graphdefs, states))
+    return nnx.merge(vae_graphdef, vs).iwae(xb, kb, k=k, log_prior=log_priors)
+
+
 def draw_samples(prior, key, n: int, batch: int = 2000):
     """n latents from `prior` under jit, `batch` at a time (bounded memory)."""
     graphdef, state = nnx.split(prior)
-    sample = jax.jit(lambda s, k: nnx.merge(graphdef, s).sample(k, min(batch, n)))
-    parts = [sample(state, jax.random.fold_in(key, i)) for i in tqdm(range(0, n, batch), desc="sample", leave=False)]
+    parts = [_sample(state, jax.random.fold_in(key, i), graphdef=graphdef, n=min(batch, n))
+             for i in tqdm(range(0, n, batch), desc="sample", leave=False)]
     return jnp.concatenate(parts)[:n]
 
 
@@ -62,13 +75,8 @@ def iwae_under_priors(vae, priors_, x, key, k: int, batch: int = 100):
     `priors_`, from the same k draws per image: the decoder runs once for all of them."""
     vg, vs = nnx.split(vae)
     graphdefs, states = zip(*(nnx.split(p) for p in priors_))
-
-    @jax.jit
-    def one(vs, states, xb, kb):
-        log_priors = tuple(nnx.merge(g, s).log_prob for g, s in zip(graphdefs, states))
-        return nnx.merge(vg, vs).iwae(xb, kb, k=k, log_prior=log_priors)
-
-    out = [one(vs, states, jnp.asarray(x[i : i + batch]), jax.random.fold_in(key, i))
+    out = [_iwae_batch(vs, states, jnp.asarray(x[i : i + batch]), jax.random.fold_in(key, i), vae_graphdef=vg,
+                       graphdefs=graphdefs, k=k)
            for i in tqdm(range(0, len(x), batch), desc="iwae", leave=False)]
     return -np.concatenate([np.asarray(o[0]) for o in out], axis=1), np.concatenate([np.asarray(o[1]) for o in out], axis=1)
 

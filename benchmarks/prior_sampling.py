@@ -8,10 +8,9 @@ n latents, beside one log_prob pass (diffusion's: the probability-flow ODE).
 
 Every mode runs in this one process on the default spatial latent of the config, with each
 prior's default size; prints samples/s of each, their ratio, and the time for n latents.
-Timings exclude compilation (each function is run once before it is timed; `peak.no_compilation`
-checks it). For scale it
-also times one forward pass (log_prob) over the same n latents: the least work any
-autoregressive sampler of this network can do.
+Timings exclude compilation (each function is run once before it is timed;
+`peak.no_compilation` checks it). For scale it also times one forward pass (log_prob) over the
+same n latents: the least work any autoregressive sampler of this network can do.
 """
 
 import os

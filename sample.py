@@ -11,7 +11,8 @@ import sys
 
 from absl import app, flags
 
-from vae import cli, report
+from vae import cli
+from vae.evaluation import report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints).")
 _OUT = flags.DEFINE_string("out", None, "Output directory; default WORKDIR/report.")

@@ -16,7 +16,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae import cli, stages
+from vae import cli
+from vae.train import stages
 from vae.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].", lock_config=True)

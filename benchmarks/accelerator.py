@@ -32,7 +32,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import base
-from vae import cli, report, stages
+from vae import cli
+from vae.evaluation import report
+from vae.train import stages
 from vae import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")

@@ -25,7 +25,12 @@ from peak import no_compilation
 
 import priors
 from configs import mnist_mlp
-from vae import cli, evaluation, input_pipeline, losses, models, report
+from vae import cli
+from vae.evaluation import evaluation_data
+from vae.data import input_pipeline
+from vae.models import losses
+from vae import models
+from vae.evaluation import report
 from vae import workdir as workdir_lib
 
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
@@ -56,7 +61,7 @@ def main(argv):
                                             os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
         dataset = input_pipeline.Dataset("mnist", train=None, validation=None, test=test, source=MNIST_DIR)
         what = "untrained MLP VAE (configs/mnist_mlp.py), real MNIST test digits"
-    x = evaluation.EvalData(config, dataset).images("test", limit=_N.value)  # binarized as stage 1 sees them
+    x = evaluation_data.EvalData(config, dataset).images("test", limit=_N.value)  # binarized as stage 1 sees them
     n, k = len(x), _K.value
     prior = priors.StandardNormal(vae.latent_shape)
     key = jax.random.key(0)

@@ -3,7 +3,7 @@
   python benchmarks/prior_fit_throughput.py [--config configs/fashion_mnist.py] [--prior pixelcnn]
       [--latents 8192] [--epochs 2] [--steps_per_call N] [--xla_baseline]
 
-Times `vae.prior_stage.make_fit_chunk` (the jitted chunk of Adam steps fit_gradient runs,
+Times `vae.train.prior_stage.make_fit_chunk` (the jitted chunk of Adam steps fit_gradient runs,
 EMA included) on `--latents` latents of the config's latent shape, drawn from N(0, I) (speed
 does not depend on the values), `prior.steps_per_call` steps per call (0: one call per
 epoch, the accelerator setting), data-parallel over `train.num_devices` devices as train.py
@@ -34,7 +34,13 @@ from peak import describe, matmul_peak_gflops, no_compilation
 
 import priors
 import vae
-from vae import cli, input_pipeline, loop, models, optim, prior_stage, sharding
+from vae import cli
+from vae.data import input_pipeline
+from vae.train import loop
+from vae import models
+from vae.train import optim
+from vae.train import prior_stage
+from vae.parallel import sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py", "Experiment config file[:preset].")
 _PRIOR = flags.DEFINE_string("prior", "pixelcnn", "A gradient-fitted prior of the registry.")

@@ -25,7 +25,8 @@ from ml_collections import config_flags
 from peak import no_compilation
 
 import priors
-from vae import cli, models
+from vae import cli
+from vae import models
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config file[:preset].",
                                           lock_config=True)

@@ -18,7 +18,8 @@ import sys
 
 from absl import app, flags
 
-from vae import cli, report
+from vae import cli
+from vae.evaluation import report
 
 _REPORT = flags.DEFINE_string("report", "runs/fashion_mnist/report/report.json", "A report.json of sample.py.")
 _CHECK = flags.DEFINE_string("check", None, "Check this README instead of printing the block.")

@@ -39,7 +39,13 @@ from flax import nnx
 from peak import describe, matmul_peak_gflops, no_compilation
 
 from configs import fashion_mnist, mnist_mlp
-from vae import cli, input_pipeline, losses, models, optim, sharding, vae_stage
+from vae import cli
+from vae.data import input_pipeline
+from vae.models import losses
+from vae import models
+from vae.train import optim
+from vae.parallel import sharding
+from vae.train import vae_stage
 
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
 IDX = {"mlp": (MNIST_DIR, "t10k"), "conv": (input_pipeline.KNOWN_LOCAL_DIRS["fashion_mnist"][0], "train")}
@@ -171,7 +177,7 @@ def time_torch(config, images, epochs, device, compile_step=False):
             return dec[3](h)
         modules = [enc, dec]
 
-    def log_likelihood(x, out):  # vae.losses: bernoulli_log_prob / discretized_logistic_log_prob
+    def log_likelihood(x, out):  # vae.models.losses: bernoulli_log_prob / discretized_logistic_log_prob
         if binarize:
             return -F.binary_cross_entropy_with_logits(out, x, reduction="none")
         mean, log_scale = out.chunk(2, dim=1)

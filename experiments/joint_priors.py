@@ -32,7 +32,12 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae import classifier, cli, input_pipeline, models, report, stages
+from vae.evaluation import classifier
+from vae import cli
+from vae.data import input_pipeline
+from vae import models
+from vae.evaluation import report
+from vae.train import stages
 from vae import workdir as workdir_lib
 from vae.errors import ConfigError
 

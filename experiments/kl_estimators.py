@@ -24,7 +24,10 @@ from absl import app, flags
 from flax import nnx
 
 from configs import mnist_mlp
-from vae import cli, input_pipeline, losses, stages
+from vae import cli
+from vae.data import input_pipeline
+from vae.models import losses
+from vae.train import stages
 from vae.workdir import Workdir
 
 DEFAULT_IDX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")

@@ -5,7 +5,7 @@
 
 For each d: trains the MLP VAE of configs/mnist_mlp.py (same data, epochs, batch and seed)
 and a GMM prior on its latents (`train.py`'s stages), runs the diagnostics
-(`vae.diagnostics`: active units, per-dimension KL, ELBO surgery) and the comparison report
+(`vae.evaluation.diagnostics`: active units, per-dimension KL, ELBO surgery) and the comparison report
 (`sample.py`'s `report.compare`: fd_classifier under N(0, I) and under the GMM, one
 classifier shared by all d). Writes ROOT/sweep.json and ROOT/sweep.png; each d's workdir keeps
 its own diagnostics/ and report/. Reruns skip what is already done (every stage resumes).
@@ -23,7 +23,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from configs import mnist_mlp
-from vae import cli, diagnostics, report, stages
+from vae import cli
+from vae.evaluation import diagnostics
+from vae.evaluation import report
+from vae.train import stages
 from vae.workdir import Workdir
 
 DEFAULT_IDX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")

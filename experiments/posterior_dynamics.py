@@ -23,7 +23,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from configs import mnist_mlp
-from vae import cli, evaluation, input_pipeline, models, stages
+from vae import cli
+from vae.evaluation import evaluation_data
+from vae.data import input_pipeline
+from vae import models
+from vae.train import stages
 from vae.workdir import Workdir
 
 DEFAULT_IDX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
@@ -87,7 +91,7 @@ def main(argv):
     dataset = input_pipeline.load_dataset(config.data)
     images, labels = probe_images(dataset, _PROBES.value)
     # binarized with the test split's evaluation seed, as stage 1 sees test images
-    x = input_pipeline.fixed_binarization(images, evaluation.EvalData(config, dataset).seed("test"),
+    x = input_pipeline.fixed_binarization(images, evaluation_data.EvalData(config, dataset).seed("test"),
                                           config.data.binarize)
 
     init_model = models.create_vae(config)  # what checkpoint step 0 would hold

@@ -25,7 +25,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae import classifier, cli, input_pipeline, report, stages
+from vae.evaluation import classifier
+from vae import cli
+from vae.data import input_pipeline
+from vae.evaluation import report
+from vae.train import stages
 from vae import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:preset] (as given to train.py).")

@@ -60,7 +60,7 @@ def mnist_dir():
 @pytest.fixture(scope="session")
 def smoke_workdir(mnist_dir, tmp_path_factory):
     """The main job's pipeline (VAE + GMM + PixelCNN + transformer) on MNIST's smoke preset, trained once."""
-    from vae import stages
+    from vae.train import stages
 
     workdir = tmp_path_factory.mktemp("smoke") / "run"
     stages.train_and_evaluate(mnist_config(), str(workdir))
@@ -73,7 +73,7 @@ SMOKE_REPORT_N = 500
 @pytest.fixture(scope="session")
 def smoke_report(smoke_workdir, tmp_path_factory):
     """(out_dir, report) of sample.py's comparison on the smoke main job."""
-    from vae import report
+    from vae.evaluation import report
 
     out = tmp_path_factory.mktemp("report")
     return out, report.compare(str(smoke_workdir), str(out), n_samples=SMOKE_REPORT_N, k=10, command="test")
@@ -134,7 +134,9 @@ def run_cli(args, env=None, prefix=()):
 def vae_state(workdir, config, kind="latest"):
     from flax import nnx
 
-    from vae import checkpoint, models, optim
+    from vae.workdir import checkpoint
+    from vae import models
+    from vae.train import optim
 
     graphdef, params = nnx.split(models.create_vae(config))
     target = optim.init_state(optim.make_optimizer(config.train, 1), params)
@@ -156,7 +158,7 @@ def without_timing(records):
 
 
 def assert_every_checkpoint_restores(ckpt_dir, target):
-    from vae import checkpoint
+    from vae.workdir import checkpoint
 
     for kind in ("latest", "best"):
         for step in checkpoint.steps(ckpt_dir, kind):
@@ -168,7 +170,7 @@ def assert_every_checkpoint_restores(ckpt_dir, target):
 def straight_run(mnist_dir, tmp_path_factory):
     """The MLP smoke VAE (6 epochs) and a MADE prior on it, uninterrupted, in-process."""
     workdir = tmp_path_factory.mktemp("straight") / "run"
-    from vae import stages
+    from vae.train import stages
 
     stages.train_and_evaluate(mlp_config(), str(workdir))
     config = mlp_config()

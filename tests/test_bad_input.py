@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from tests.conftest import EPOCHS, MNIST_DIR, cli_args, mlp_config, run_cli, snapshot, trained_steps
-from vae import checkpoint, stages
+from vae.workdir import checkpoint
+from vae.train import stages
 from vae.errors import CheckpointError
 
 

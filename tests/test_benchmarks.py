@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import peak
 from tests.conftest import REPO
-from vae import sharding
+from vae.parallel import sharding
 
 
 def test_no_compilation_raises_on_a_compile_and_passes_a_warm_call():
@@ -56,7 +56,8 @@ def test_report_compiles_its_iwae_and_sampler_once_across_calls():
     warm-up: the second call of each must reuse the first one's program."""
     import priors
     from configs import mnist_mlp
-    from vae import models, report
+    from vae import models
+    from vae.evaluation import report
 
     config = mnist_mlp.get_config("smoke")
     vae = models.create_vae(config)

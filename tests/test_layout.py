@@ -7,10 +7,8 @@ import pathlib
 from tests.conftest import REPO
 
 PACKAGES = ("vae", "priors", "configs")
-TRAINING = {"vae.stages", "vae.vae_stage", "vae.prior_stage"}
-READERS = ("vae.report", "vae.loading", "vae.diagnostics", "vae.classifier", "vae.analysis", "vae.metrics",
-           "vae.evaluation", "vae.workdir", "vae.loop")
-MAX_LINES = 350
+SUBPACKAGES = ("data", "models", "train", "workdir", "evaluation", "parallel")
+MAX_LINES = 300
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -19,7 +17,7 @@ def module_name(path: pathlib.Path) -> str:
 
 
 def modules() -> dict[str, pathlib.Path]:
-    return {module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).glob("*.py"))}
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))}
 
 
 def imports(path: pathlib.Path, known) -> set[str]:
@@ -56,19 +54,64 @@ def test_no_import_cycles():
             visit(node, [])
 
 
+def closure(g, start) -> set[str]:
+    """Every project module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in g[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
 def test_stage_one_never_imports_stage_two_and_readers_import_no_training_module():
     g = graph()
-    assert "vae.prior_stage" not in g["vae.vae_stage"] and "vae.vae_stage" not in g["vae.prior_stage"]
-    for reader in READERS:
-        assert not g[reader] & TRAINING, (reader, g[reader] & TRAINING)
+    assert "vae.train.prior_stage" not in closure(g, "vae.train.vae_stage")
+    assert "vae.train.vae_stage" not in closure(g, "vae.train.prior_stage")
+    training = {m for m in g if m.startswith("vae.train")}
+    readers = [m for m in g if m.startswith(("vae.evaluation", "vae.workdir", "vae.data", "vae.models",
+                                             "vae.parallel", "priors"))] + ["vae.loading"]
+    for reader in readers:
+        assert not closure(g, reader) & training, (reader, closure(g, reader) & training)
     # experiments drive runs through the orchestrator's entry point, as train.py does
     for path in sorted((REPO / "experiments").glob("*.py")):
-        assert not imports(path, modules()) & {"vae.vae_stage", "vae.prior_stage"}, path.name
+        assert not imports(path, modules()) & {"vae.train.vae_stage", "vae.train.prior_stage"}, path.name
 
 
-def test_no_module_in_vae_over_max_lines():
-    sizes = {p.name: len(p.read_text().splitlines()) for p in (REPO / "vae").glob("*.py")}
-    assert max(sizes.values()) <= MAX_LINES, sizes
+def test_layers_do_not_reach_up():
+    """data and parallel sit at the bottom: they import no model, training, storage or evaluation
+    code; models import no training, storage or evaluation code; priors import nothing from vae."""
+    g = graph()
+    for module, deps in g.items():
+        below = closure(g, module)
+        if module.startswith(("vae.data", "vae.parallel")):
+            assert not {d for d in below if d.startswith(("vae.models", "vae.train", "vae.evaluation",
+                                                          "vae.workdir"))}, module
+        if module.startswith("vae.models"):
+            assert not {d for d in below if d.startswith(("vae.train", "vae.evaluation", "vae.workdir"))}, module
+        if module.startswith("priors"):
+            assert not {d for d in deps if d.startswith("vae")}, module
+
+
+def test_vae_is_in_subpackages_and_tests_mirror_them():
+    top = sorted(p.name for p in (REPO / "vae").glob("*.py"))
+    assert top == ["__init__.py", "cli.py", "errors.py", "loading.py", "rng.py"], top
+    for pkg in SUBPACKAGES:
+        assert (REPO / "vae" / pkg / "__init__.py").exists(), pkg
+        assert (REPO / "tests" / pkg).is_dir(), f"tests/{pkg} mirrors vae/{pkg}"
+
+
+def test_no_module_over_max_lines():
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines())
+             for pkg in ("vae", "priors") for p in (REPO / pkg).rglob("*.py")}
+    assert max(sizes.values()) <= MAX_LINES, {k: v for k, v in sizes.items() if v > MAX_LINES}
+
+
+def test_no_noqa_to_pack_lines():
+    """No packed lambdas marked to dodge the linter: code is read more than run."""
+    for pkg in ("vae", "priors"):
+        for path in (REPO / pkg).rglob("*.py"):
+            assert "noqa: E731" not in path.read_text(), path
 
 
 def test_no_sys_path_edits():

@@ -7,7 +7,7 @@ import pytest
 
 import vae
 from tests.conftest import REPO, read_metrics
-from vae import checkpoint
+from vae.workdir import checkpoint
 from vae.errors import CheckpointError, PriorError
 
 NOTEBOOK = REPO / "notebooks" / "inspect_checkpoint.ipynb"

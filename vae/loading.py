@@ -14,7 +14,10 @@ import ml_collections
 import numpy as np
 
 import priors
-from vae import evaluation, input_pipeline, losses, models
+from vae.evaluation import evaluation_data
+from vae.data import input_pipeline
+from vae.models import losses
+from vae import models
 from vae import workdir as workdir_lib
 
 
@@ -61,7 +64,7 @@ class Run:
 
     def evaluate(self, split: str = "test", dataset=None) -> dict:
         """Stage 1's evaluation (same images, binarization and key) with these parameters."""
-        return evaluation.EvalData(self.config, dataset or self.dataset()).elbo(self.model, split)
+        return evaluation_data.EvalData(self.config, dataset or self.dataset()).elbo(self.model, split)
 
 
 def load(workdir: str, *, step: int | None = None, kind: str = "best", learned_priors: bool = True) -> Run:

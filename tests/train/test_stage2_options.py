@@ -1,0 +1,81 @@
+"""Stage 2's explicit choices: which latents a prior is fitted to (`prior.latent_draws`,
+`prior.em_draws_per_image`) and how the training images are binarized (`prior.binarization`)."""
+
+import numpy as np
+import pytest
+
+from tests.conftest import mlp_config, read_metrics
+from vae.evaluation import evaluation_data
+from vae.data import input_pipeline
+from vae.train import prior_stage
+from vae.train import stages
+from vae import workdir as workdir_lib
+from vae.errors import ConfigError, PriorError
+
+
+def test_binarization_once_or_per_epoch(smoke_workdir):
+    wd = workdir_lib.open(smoke_workdir)
+    config = wd.load_config()
+    model, _, _ = wd.restore_vae(config)
+    eval_data = evaluation_data.EvalData(config, input_pipeline.load_dataset(config.data))
+    once = prior_stage.training_posteriors(config, eval_data, model)
+    np.testing.assert_array_equal(once(0)[0], once(3)[0])
+    np.testing.assert_array_equal(once(0)[0], eval_data.posteriors(model, "train")[0])
+    config.prior.binarization = "per_epoch"
+    fresh = prior_stage.training_posteriors(config, eval_data, model)
+    a, b = np.asarray(fresh(0)[0]), np.asarray(fresh(1)[0])
+    assert a.shape == once(0)[0].shape and not np.allclose(a, b)  # a new binarization each index
+    np.testing.assert_array_equal(a, np.asarray(fresh(0)[0]))  # and the same one for the same index
+    # per-epoch binarizations agree with the fixed one on average (the same images, other noise)
+    assert abs(float(a.mean()) - float(np.asarray(once(0)[0]).mean())) < 0.05
+
+
+def test_non_default_choices_fit_and_change_the_prior(straight_run, copy_of):
+    workdir = copy_of(straight_run)
+    config = mlp_config()
+    config.stage = "prior"
+    config.prior.name = "made,gmm"
+    config.prior.latent_draws = "once"
+    config.prior.binarization = "per_epoch"
+    config.prior.em_draws_per_image = 2
+    for name in ("made",):  # fitted with the defaults in straight_run: set aside to refit
+        workdir_lib.Workdir(workdir).set_stale_prior_aside(name)
+    stages.train_and_evaluate(config, str(workdir))
+    records = {r["prior"]: r for r in read_metrics(workdir) if r.get("prior") and r["split"] == "validation"}
+    default = {r["prior"]: r for r in read_metrics(straight_run) if r.get("prior") and r["split"] == "validation"}
+    assert records["made"]["latent_nll/made"] != default["made"]["latent_nll/made"]
+    assert records["gmm"]["latent_nll/gmm"] < records["gmm"]["latent_nll/standard_normal"]
+
+
+@pytest.mark.parametrize("field, value", [("latent_draws", "sometimes"), ("binarization", "never"),
+                                          ("em_draws_per_image", 0), ("fit_target", "median")])
+def test_bad_stage_two_choice_is_a_clear_error(field, value):
+    config = mlp_config()
+    config.prior[field] = value
+    with pytest.raises(ConfigError, match=f"config.prior.{field}="):
+        stages.check_config(config)
+
+
+def test_em_copies_of_the_means_are_refused():
+    config = mlp_config()
+    config.prior.fit_target, config.prior.em_draws_per_image = "mean", 2
+    with pytest.raises(ConfigError, match="config.prior.em_draws_per_image=2"):
+        stages.check_config(config)
+
+
+def test_stage_two_waits_for_a_finished_vae(mnist_dir, tmp_path):
+    config = mlp_config(**{"train.num_epochs": 2})
+    config.stage = "all"
+    stages.train_and_evaluate(config, str(tmp_path / "w"), max_epochs_this_run=1)
+    assert not (tmp_path / "w" / "priors").exists()  # priors of epoch 1 would be stale at epoch 2
+    stages.train_and_evaluate(config, str(tmp_path / "w"))
+    assert workdir_lib.open(tmp_path / "w").fitted_prior_names() == ["made"]
+
+
+def test_non_finite_prior_loss_is_a_prior_error(straight_run, copy_of):
+    workdir = copy_of(straight_run)
+    workdir_lib.Workdir(workdir).set_stale_prior_aside("made")
+    config = mlp_config(**{"prior.learning_rate": 1e30, "prior.grad_clip_norm": 1e30})
+    config.stage = "prior"
+    with pytest.raises(PriorError, match=r"non-finite latent_nll/made at step \d+ .* of prior made"):
+        stages.train_and_evaluate(config, str(workdir))

@@ -33,9 +33,9 @@ from ml_collections import config_flags
 
 from configs import base
 from vae import cli
+from vae import workdir as workdir_lib
 from vae.evaluation import report
 from vae.train import stages
-from vae import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run lives (created, or resumed).")

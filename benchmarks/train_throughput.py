@@ -39,16 +39,14 @@ from flax import nnx
 from peak import describe, matmul_peak_gflops, no_compilation
 
 from configs import fashion_mnist, mnist_mlp
-from vae import cli
-from vae.data import input_pipeline
+from vae import cli, models
+from vae.data import idx, input_pipeline, mnist
 from vae.models import losses
-from vae import models
-from vae.train import optim
 from vae.parallel import sharding
-from vae.train import vae_stage
+from vae.train import optim, vae_stage
 
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
-IDX = {"mlp": (MNIST_DIR, "t10k"), "conv": (input_pipeline.KNOWN_LOCAL_DIRS["fashion_mnist"][0], "train")}
+IDX = {"mlp": (MNIST_DIR, "t10k"), "conv": (mnist.KNOWN_LOCAL_DIRS["fashion_mnist"][0], "train")}
 
 _ARCH = flags.DEFINE_enum("arch", "mlp", ["mlp", "conv"], "VAE architecture (configs/mnist_mlp.py or configs/mnist.py).")
 _BATCH = flags.DEFINE_integer("batch", 128, "Batch size.")
@@ -71,7 +69,7 @@ def training_images(arch, n=8000, directory=None):
     default_dir, split = IDX[arch]
     directory = directory or default_dir
     try:
-        return input_pipeline.read_idx_pair(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"),
+        return idx.read_idx_pair(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"),
                                             os.path.join(directory, f"{split}-labels-idx1-ubyte.gz")).images[:n], directory
     except (OSError, input_pipeline.DataError):
         return np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), "random bytes"
@@ -101,12 +99,12 @@ def time_jax(config, images, epochs):
     resident = sharding.device_resident(config, images, mesh)
     data = sharding.put(images, sharding.replicated(mesh)) if resident else images
     key = jax.random.key(0)
-    state, m = fns.train_epoch(state, data, key, 0)  # compile + first epoch
+    state, m = fns.train_epoch(state, data, 0, 0)  # compile + first epoch
     jax.block_until_ready(m)
     with no_compilation(f"jax {config.vae.arch} training"):
         t0 = time.perf_counter()
         for epoch in range(1, epochs + 1):
-            state, m = fns.train_epoch(state, data, key, epoch)
+            state, m = fns.train_epoch(state, data, 0, epoch)
         jax.block_until_ready(m)
         steps_per_sec = epochs * steps_per_epoch / (time.perf_counter() - t0)
     batch = jnp.asarray(images[: config.train.batch_size])

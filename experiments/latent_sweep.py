@@ -24,8 +24,7 @@ from matplotlib.figure import Figure
 
 from configs import mnist_mlp
 from vae import cli
-from vae.evaluation import diagnostics
-from vae.evaluation import report
+from vae.evaluation import diagnostics, report
 from vae.train import stages
 from vae.workdir import Workdir
 
@@ -42,7 +41,7 @@ _IDX_DIR = flags.DEFINE_string("idx_dir", DEFAULT_IDX if os.path.isdir(DEFAULT_I
 def run_one(d: int, workdir: str) -> dict:
     config = mnist_mlp.get_config()
     config.data.idx_dir = _IDX_DIR.value
-    config.vae.latent_dim = d
+    config.vae.mlp.latent_dim = d
     config.train.num_epochs = _EPOCHS.value
     config.prior.name = "gmm"
     stages.train_and_evaluate(config, workdir)

@@ -23,10 +23,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from configs import mnist_mlp
-from vae import cli
-from vae.evaluation import evaluation_data
+from vae import cli, models
 from vae.data import input_pipeline
-from vae import models
+from vae.evaluation import evaluation_data
 from vae.train import stages
 from vae.workdir import Workdir
 
@@ -85,7 +84,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = mnist_mlp.get_config()
     config.data.idx_dir = _IDX_DIR.value
-    config.vae.latent_dim = _LATENT_DIM.value
+    config.vae.mlp.latent_dim = _LATENT_DIM.value
     config.train.num_epochs = _EPOCHS.value
     config.stage = "vae"
     dataset = input_pipeline.load_dataset(config.data)

@@ -16,8 +16,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from vae.data import colour_data
-from vae.data import tfds_colour
+from vae.data import colour_data, tfds_colour
 from vae.errors import DataError
 
 CIFAR_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
@@ -285,8 +284,8 @@ def test_colour_smoke_config_trains_and_samples(config_name, name, tmp_path):
     import jax
 
     import vae
-    from vae.train import stages
     from vae.errors import ConfigError
+    from vae.train import stages
 
     write_dataset(name, tmp_path / "data")
     config = importlib.import_module(f"configs.{config_name}").get_config("smoke")

@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import shutil
 import struct
@@ -8,12 +9,12 @@ import pytest
 from ml_collections import ConfigDict
 
 from tests.conftest import FASHION_DIR
-from vae.data import input_pipeline
-from vae.data.input_pipeline import DataError
+from vae.data import idx, input_pipeline, mnist, registry, sources
+from vae.errors import DataError
 
 
 def data_config(**kw):
-    c = ConfigDict(dict(name="mnist", idx_dir="", tfds_data_dir="", binarize=True,
+    c = ConfigDict(dict(name="mnist", idx_dir="", local_dir="", tfds_data_dir="", binarize=True,
                         validation_size=1000, split_seed=0, num_train=0))
     c.update(kw)
     return c
@@ -26,7 +27,7 @@ def write_idx(path, array, magic_dtype=0x08):
 
 
 def test_reads_real_mnist_test_split(mnist_dir):
-    train, test, _ = input_pipeline.load_idx_dir(str(mnist_dir))
+    train, test, _ = mnist.load_idx_dir(str(mnist_dir))
     assert train is None
     assert test.images.shape == (10000, 28, 28, 1) and test.images.dtype == np.uint8
     assert set(np.unique(test.labels)) == set(range(10))
@@ -66,7 +67,7 @@ def test_corrupt_idx_files_name_the_file(tmp_path, breakage, message):
     if breakage == "not_gzip":
         img_path.write_bytes(b"this is not a gzip file")
     with pytest.raises(DataError) as e:
-        input_pipeline.read_idx_pair(str(img_path), str(lab_path))
+        idx.read_idx_pair(str(img_path), str(lab_path))
     assert message in str(e.value)
     assert str(tmp_path / "t10k-") in str(e.value)  # names the file
 
@@ -77,8 +78,9 @@ def test_unknown_dataset_is_a_clear_error():
 
 
 def test_offline_without_local_data_fails_fast_naming_the_flag(tmp_path, monkeypatch):
-    monkeypatch.setattr(input_pipeline, "KNOWN_LOCAL_DIRS", {})
-    if input_pipeline._network_reachable("storage.googleapis.com"):
+    offline_only = dataclasses.replace(registry.get("mnist"), known_dirs=())
+    monkeypatch.setitem(registry._SPECS, "mnist", offline_only)  # noqa: SLF001 - undone after the test
+    if sources.network_reachable("storage.googleapis.com"):
         pytest.skip("network reachable: the offline path cannot be exercised here")
     start = time.perf_counter()
     with pytest.raises(DataError, match="--config.data.idx_dir"):
@@ -94,16 +96,16 @@ def test_own_tfds_builder_prepares_and_reads_without_tensorflow(mnist_dir, tmp_p
     manual = tmp_path / "manual"
     manual.mkdir()
     for split in ("train", "test"):  # the 10k test split stands in for both splits
-        for src, dst in zip(input_pipeline.IDX_FILES["test"], input_pipeline.IDX_FILES[split]):
+        for src, dst in zip(idx.IDX_FILES["test"], idx.IDX_FILES[split]):
             shutil.copy(mnist_dir / src, manual / dst)
     train, test, note = tfds_idx.prepare_and_load("mnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
-    reference = input_pipeline.read_idx_pair(*(str(mnist_dir / f) for f in input_pipeline.IDX_FILES["test"]))
+    reference = idx.read_idx_pair(*(str(mnist_dir / f) for f in idx.IDX_FILES["test"]))
     assert test.images.shape == reference.images.shape
     # TFDS shuffles on write: compare as multisets of (image checksum, label)
     key = lambda s: sorted(zip(s.images.reshape(len(s), -1).sum(1).tolist(), s.labels.tolist()))
     assert key(test) == key(reference)
     # ... and the resolution order finds the prepared copy without being told where it is
-    found = input_pipeline._load_tfds_prepared("mnist", str(tmp_path / "tfds"))
+    found = mnist.load_tfds_prepared("mnist", str(tmp_path / "tfds"))
     assert found is not None and "idx_mnist" in found[2]
 
 
@@ -117,8 +119,8 @@ def test_fashion_mnist_found_in_debian_location_without_flags():
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn_cropped", "celeb_a"])
 def test_colour_dataset_offline_without_local_files_names_local_dir(name, tmp_path, monkeypatch):
-    monkeypatch.setattr(input_pipeline, "_network_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(sources, "network_reachable", lambda host, timeout=3.0: False)
     with pytest.raises(DataError, match="--config.data.local_dir"):
         input_pipeline.load_dataset(data_config(name=name, binarize=False, tfds_data_dir=str(tmp_path)))
-    with pytest.raises(DataError, match="config.data.idx_dir is for MNIST"):
+    with pytest.raises(DataError, match=f"config.data.idx_dir is not how {name} is read.*--config.data.local_dir"):
         input_pipeline.load_dataset(data_config(name=name, binarize=False, idx_dir=str(tmp_path)))

@@ -27,8 +27,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from vae.errors import DataError
 from vae.data.idx import Split
+from vae.errors import DataError
 
 DATASETS = ("cifar10", "svhn_cropped", "celeb_a")
 IMAGE_SHAPES = {"cifar10": (32, 32, 3), "svhn_cropped": (32, 32, 3), "celeb_a": (64, 64, 3)}

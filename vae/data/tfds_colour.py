@@ -12,10 +12,22 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vae.data.colour_data import (CELEBA_ARCHIVE, CELEBA_DIR, CELEBA_PARTITIONS, CIFAR_ARCHIVE, FILES, IMAGE_SHAPES,
-                             NUM_CLASSES, URLS, has_files, read_cifar10, read_local, read_svhn_mat)
-from vae.errors import DataError
+from vae.data.colour_data import (
+    CELEBA_ARCHIVE,
+    CELEBA_DIR,
+    CELEBA_PARTITIONS,
+    CIFAR_ARCHIVE,
+    FILES,
+    IMAGE_SHAPES,
+    NUM_CLASSES,
+    URLS,
+    has_files,
+    read_cifar10,
+    read_local,
+    read_svhn_mat,
+)
 from vae.data.idx import Split
+from vae.errors import DataError
 
 
 def builder_name(name: str) -> str:

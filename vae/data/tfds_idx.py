@@ -9,17 +9,11 @@ with numpy (`idx.read_idx_pair`) and write ArrayRecord files that
 from __future__ import annotations
 
 import os
-from urllib.parse import urlparse
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from vae.data import idx
-
-URLS = {
-    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-}
 
 
 def builder_name(dataset: str) -> str:
@@ -47,7 +41,7 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder):
         if manual and all(os.path.exists(os.path.join(manual, f)) for f in names):
             paths = {f: os.path.join(manual, f) for f in names}
         else:
-            paths = dl_manager.download({f: URLS[self.DATASET] + f for f in names})
+            paths = dl_manager.download({f: idx.URLS[self.DATASET] + f for f in names})
         return {
             split: self._generate_examples(*(str(paths[f]) for f in idx.IDX_FILES[split]))
             for split in ("train", "test")
@@ -86,10 +80,6 @@ class IdxFashionMnist(_IdxBuilder):
 
 
 _BUILDERS = {"mnist": IdxMnist, "fashion_mnist": IdxFashionMnist}
-
-
-def network_host(dataset: str) -> str:
-    return urlparse(URLS[dataset]).hostname
 
 
 def prepare(dataset: str, data_dir: str | None = None, manual_dir: str | None = None):

@@ -16,11 +16,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae.workdir import checkpoint
+from vae import rng
 from vae.data import input_pipeline
-from vae.train import loop
-from vae.train import optim
+from vae.data import registry as data_registry
+from vae.data.batches import epoch_batch_indices
 from vae.errors import DataError
+from vae.train import loop, optim
+from vae.workdir import checkpoint
 
 FEATURES = 128
 
@@ -45,7 +47,7 @@ class CNN(nnx.Module):
 
 
 def _num_classes(dataset) -> int:
-    classes = input_pipeline.CLASSES[dataset.name]
+    classes = data_registry.get(dataset.name).num_classes
     if not classes:
         raise DataError(f"{dataset.name} has no class labels, so the classifier whose features define "
                         "fd_classifier, precision/recall and label statistics cannot be trained on it")
@@ -90,7 +92,7 @@ def train(dataset, seed: int = 0, num_epochs: int = 4):
     chunk = jax.jit(lambda st, b: loop.scan_steps(step, st, b), donate_argnums=0)
 
     def run_epoch(state, epoch, start, should_stop):
-        batches = loop.epoch_batch_indices(jax.random.key(seed), epoch, len(images), tc.batch_size)
+        batches = epoch_batch_indices(rng.key(seed, "classifier"), epoch, len(images), tc.batch_size)
         chunks = (batches[s] for s in loop.chunk_slices(steps, tc.steps_per_call, start))
         return loop.run_chunks(chunk, state, chunks, should_stop=should_stop)
 

@@ -21,15 +21,12 @@ import jax
 import ml_collections
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 from peak import no_compilation
 
 import priors
-from vae import cli
-from vae import models
+from vae import cli, models
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config file[:preset].",
-                                          lock_config=True)
+_CONFIG = cli.define_config_file("config", "configs/mnist.py", "Experiment config file[:preset].", lock_config=True)
 _N = flags.DEFINE_integer("n", 10000, "Latents drawn in fast mode (one batch).")
 _N_NAIVE = flags.DEFINE_integer("n_naive", 200, "Latents drawn in naive mode.")
 
@@ -49,7 +46,7 @@ OTHERS = {"realnvp": "one pass", "diffusion": "reverse SDE", "vamp": "one encode
 def build(name, config):
     """The prior `name` at its default size; 'vamp' is the prior of a VAE trained with it."""
     if name != "vamp":
-        return priors.build(name, tuple(config.vae.latent_shape), config.prior)
+        return priors.build(name, tuple(config.vae.conv.latent_shape), config.prior)
     vamp_config = ml_collections.ConfigDict(config.to_dict())
     vamp_config.vae.prior = "vamp"
     return models.create_vae(vamp_config).prior
@@ -59,7 +56,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config, n, n_naive = _CONFIG.value, _N.value, _N_NAIVE.value
-    shape = tuple(config.vae.latent_shape)
+    shape = tuple(config.vae.conv.latent_shape)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} cpus, {platform.processor() or platform.machine()}")
     for name, quick in MODES.items():
         prior = priors.build(name, shape, config.prior)

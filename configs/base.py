@@ -3,6 +3,7 @@
 import ml_collections
 
 import priors
+from vae import models
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -25,23 +26,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.num_train = 0  # 0: all; else the first n training images
 
     config.vae = ml_collections.ConfigDict()
-    # 'conv' (spatial latent), 'resnet' (spatial, residual), 'mlp' (vector) or 'vq' (the conv
-    # stacks around a vector quantizer: a (H/4, W/4) map of codes; configs/*_vq.py)
+    # The encoder/decoder family: 'conv' (spatial latent), 'resnet' (spatial, residual), 'mlp'
+    # (vector latent) or 'vq' (codes); each has its settings in config.vae.<arch>, built below
+    # from the architecture registry (vae/models/registry.py documents the fields).
     config.vae.arch = "conv"
-    config.vae.latent_shape = (7, 7, 4)  # conv: (H/4, W/4, c)
-    config.vae.latent_dim = 16  # mlp
-    config.vae.hidden = (512, 256)  # mlp
-    config.vae.channels = (32, 64)  # conv
-    config.vae.resnet_widths = (64, 128, 256)  # resnet: one level per width; latent at H / 2**(levels-1)
-    config.vae.resnet_blocks = 2  # resnet: residual blocks per level
-    # vq: K codes of code_dim numbers; loss = -log p(x|z_q) + commitment ||z_e - sg(z_q)||^2; the
-    # codebook an EMA (decay) of the encoder outputs each code gets, a code whose EMA count per
-    # step falls below dead_code_threshold restarted at an encoder output of the batch.
-    config.vae.num_codes = 256
-    config.vae.code_dim = 16
-    config.vae.commitment = 0.25
-    config.vae.codebook_decay = 0.99
-    config.vae.dead_code_threshold = 0.01
     config.vae.beta = 1.0
     config.vae.kl = "analytic"  # or 'mc' (single-sample Monte-Carlo)
     # p(x|z): 'auto' is Bernoulli on binarized data, the discretized logistic on 8-bit grey and
@@ -55,6 +43,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     # from the first step (sized by config.prior.<name>; the KL is then a one-sample estimate).
     config.vae.prior = "normal"
     config.vae.vamp_components = 500
+    for name in models.registry.names():
+        config.vae[name] = ml_collections.ConfigDict(models.registry.get(name).config)
+
+    config.log = ml_collections.ConfigDict()
+    # True: every metrics.jsonl record (and the image grids) also as TensorBoard events in
+    # W/tensorboard/ (`tensorboard --logdir W`); metrics.jsonl stays the source of truth.
+    config.log.tensorboard = False
 
     config.train = ml_collections.ConfigDict()
     config.train.num_epochs = 30
@@ -103,16 +98,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.prior.grad_clip_norm = 1.0
     config.prior.steps_per_call = 8
     # As train.unroll: the PixelCNN's convolutions want the steps unrolled on XLA:CPU; a prior
-    # without convolutions (MADE, RealNVP, diffusion on vector latents) compiles faster rolled
-    # (measured: tests/test_priors.py's 25-epoch RealNVP fit, 53 s unrolled, 29 s rolled, both
-    # while another job shared the 2-core CPU).
+    # without convolutions (MADE, RealNVP, diffusion on vector latents) compiles faster rolled.
     config.prior.unroll = True
     # Model selection on the held-out latents: the best epoch is kept; patience > 0 stops a
     # gradient fit after that many epochs without a new best (0: run every epoch).
     config.prior.patience = 0
-    # > 0: evaluate and keep an EMA of the parameters. Measured on the offline MNIST VAE
-    # (PixelCNN, 30 epochs, the 2-core CPU): best held-out NLL 265.75 nats without, 265.81
-    # with 0.999, so it is off by default.
+    # > 0: evaluate and keep an EMA of the parameters (it did not improve the PixelCNN's
+    # held-out NLL on MNIST, so it is off by default).
     config.prior.ema_decay = 0.0
     # One section per registered prior with hyper-parameters: config.prior.<name>.
     for name in priors.registry.names():
@@ -127,9 +119,8 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     on MNIST; fewer epochs leave q(z|x) ~ N(0, I) and nothing for a prior to learn)."""
     config.data.num_train = 2048
     config.data.validation_size = 1000
-    config.vae.latent_shape = (7, 7, 2)
-    config.vae.channels = (8, 16)
-    config.vae.hidden = (64,)
+    for name in models.registry.names():  # each architecture's own small size
+        config.vae[name].update(models.registry.get(name).smoke)
     config.vae.vamp_components = 50
     config.train.num_epochs = 6
     config.train.learning_rate = 3e-3
@@ -157,8 +148,8 @@ def get_colour_config(name: str, *, widths, latent_shape, num_epochs: int) -> ml
     config.data.binarize = False
     config.data.validation_size = 5000
     config.vae.arch = "resnet"
-    config.vae.resnet_widths = tuple(widths)
-    config.vae.latent_shape = tuple(latent_shape)
+    config.vae.resnet.widths = tuple(widths)
+    config.vae.resnet.latent_shape = tuple(latent_shape)
     config.train.num_epochs = num_epochs
     config.train.steps_per_call = 0
     config.train.unroll = False
@@ -172,11 +163,11 @@ def get_colour_config(name: str, *, widths, latent_shape, num_epochs: int) -> ml
 def apply_colour_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The smoke preset of a colour config: a tiny ResNet (the same number of levels, so the
     same latent grid) with one block per level, sized for tests on ~600 images on a CPU."""
-    grid, levels = tuple(config.vae.latent_shape[:2]), len(config.vae.resnet_widths)
+    grid, levels = tuple(config.vae.resnet.latent_shape[:2]), len(config.vae.resnet.widths)
     config = apply_smoke(config)
-    config.vae.resnet_widths = tuple(8 * 2 ** min(i, 2) for i in range(levels))
-    config.vae.resnet_blocks = 1
-    config.vae.latent_shape = (*grid, 2)
+    config.vae.resnet.widths = tuple(8 * 2 ** min(i, 2) for i in range(levels))
+    config.vae.resnet.blocks = 1
+    config.vae.resnet.latent_shape = (*grid, 2)
     config.vae.logistic_mixtures = 3
     config.data.num_train = 512
     config.data.validation_size = 64

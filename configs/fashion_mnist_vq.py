@@ -21,5 +21,5 @@ def get_config(preset: str = ""):
     config.prior.num_epochs = 10
     config = base.finish(config, preset)
     if preset == "smoke":
-        config.vae.num_codes, config.vae.code_dim = 32, 8
+        config.vae.vq.update(num_codes=32, code_dim=8)
     return config

@@ -2,7 +2,7 @@
 
 Run:
   python train.py --config configs/mnist_mlp.py --workdir runs/mnist_mlp \
-      --config.data.idx_dir=../shared/data/mnist --config.vae.latent_dim=2
+      --config.data.idx_dir=../shared/data/mnist --config.vae.mlp.latent_dim=2
 The learned prior for a vector latent is the MADE-style masked MLP ('made').
 Expected on the 2-core CPU: 79-87 steps/s at batch 128 after the first (compiling) epoch,
 measured with --config.train.num_epochs=4 --config.stage=vae (steps_per_sec in
@@ -17,7 +17,6 @@ def get_config(preset: str = ""):
     config.data.name = "mnist"
     config.data.validation_size = 1000
     config.vae.arch = "mlp"
-    config.vae.latent_dim = 16
     config.train.steps_per_call = 0  # dense layers: one rolled scan per epoch is fastest
     config.train.unroll = False
     config.prior.name = "gmm,made"

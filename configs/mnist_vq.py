@@ -20,5 +20,5 @@ def get_config(preset: str = ""):
     config.prior.name = "pixelcnn_codes,transformer_codes"
     config = base.finish(config, preset)
     if preset == "smoke":
-        config.vae.num_codes, config.vae.code_dim = 32, 8
+        config.vae.vq.update(num_codes=32, code_dim=8)
     return config

@@ -8,11 +8,18 @@ import shutil
 
 import pytest
 
-from tests.conftest import EPOCHS, MNIST_DIR, cli_args, mlp_config, run_cli, snapshot, trained_steps
-from vae.workdir import checkpoint
-from vae.train import stages
+from tests.conftest import (
+    EPOCHS,
+    MNIST_DIR,
+    cli_args,
+    mlp_config,
+    run_cli,
+    snapshot,
+    trained_steps,
+)
 from vae.errors import CheckpointError
-
+from vae.train import stages
+from vae.workdir import checkpoint
 
 # ----------------------------------------------------------------------------- bad input
 
@@ -47,7 +54,7 @@ def write_idx_dir(directory, breakage):
 BAD_TRAIN_INPUT = [
     ("unknown_key", ["--config.vae.no_such_key=1"], "no_such_key"),
     ("wrong_type", ["--config.train.batch_size=many"], "batch_size"),
-    ("negative_latent_dim", ["--config.vae.latent_dim=-3"], "config.vae.latent_dim=-3"),
+    ("negative_latent_dim", ["--config.vae.mlp.latent_dim=-3"], "config.vae.mlp.latent_dim=-3"),
     ("zero_batch", ["--config.train.batch_size=0"], "config.train.batch_size=0 is out of range"),
     ("bad_kl", ["--config.vae.kl=exact"], "config.vae.kl='exact'"),
     ("unknown_dataset", ["--config.data.name=svhn"], "config.data.name='svhn' is not a known dataset"),
@@ -55,7 +62,7 @@ BAD_TRAIN_INPUT = [
     ("idx_truncated", "truncated", "truncated or corrupt"),
     ("idx_magic", "magic", "bad magic number"),
     ("idx_labels", "labels", "labels up to"),
-    ("other_model", ["--config.vae.latent_dim=8"], "vae.latent_dim: 16 in workdir, 8 now"),
+    ("other_model", ["--config.vae.mlp.latent_dim=8"], "vae.mlp.latent_dim: 16 in workdir, 8 now"),
     ("other_seed", ["--config.seed=3"], "seed: 0 in workdir, 3 now"),
 ]
 
@@ -80,11 +87,11 @@ def test_fresh_moves_a_foreign_workdir_aside_and_starts_over(straight_run, tmp_p
     shutil.copytree(straight_run, workdir)
     before = snapshot(workdir)
     result = run_cli([*cli_args(workdir, "--config.stage=vae", "--config.train.num_epochs=1"),
-                      "--config.vae.latent_dim=8", "--fresh"])
+                      "--config.vae.mlp.latent_dim=8", "--fresh"])
     assert result.returncode == 0, result.stderr[-2000:]
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("w.old-")]
     assert len(aside) == 1 and snapshot(aside[0]) == before  # the old run, untouched
-    assert json.loads((workdir / "config.json").read_text())["vae"]["latent_dim"] == 8
+    assert json.loads((workdir / "config.json").read_text())["vae"]["mlp"]["latent_dim"] == 8
 
 
 def test_corrupt_checkpoint_is_a_clear_error_naming_it(straight_run, tmp_path):

@@ -7,8 +7,8 @@ import pytest
 
 import vae
 from tests.conftest import REPO, read_metrics
-from vae.workdir import checkpoint
 from vae.errors import CheckpointError, PriorError
+from vae.workdir import checkpoint
 
 NOTEBOOK = REPO / "notebooks" / "inspect_checkpoint.ipynb"
 
@@ -52,7 +52,7 @@ def test_load_errors(smoke_workdir, tmp_path):
     mismatched = tmp_path / "mismatched"
     shutil.copytree(smoke_workdir, mismatched)
     config = json.loads((mismatched / "config.json").read_text())
-    config["vae"]["latent_shape"] = [7, 7, 5]
+    config["vae"]["conv"]["latent_shape"] = [7, 7, 5]
     (mismatched / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="written for another model"):
         vae.load(str(mismatched))

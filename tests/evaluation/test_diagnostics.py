@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import mnist_config
-from vae.evaluation import diagnostics
-from vae.data import input_pipeline
 from vae import models
+from vae.data import input_pipeline
+from vae.evaluation import diagnostics
 from vae.train import stages
 
 
@@ -43,8 +43,8 @@ def test_a_dimension_the_decoder_ignores_is_counted_inactive(mnist_dir):
     from vae.models import losses
 
     config = mnist_config("mnist_mlp")
-    config.vae.latent_dim = 4
-    config.vae.hidden = (128,)
+    config.vae.mlp.latent_dim = 4
+    config.vae.mlp.hidden = (128,)
     images = jnp.asarray(input_pipeline.load_dataset(config.data).train.images[:1024])
     model = models.create_vae(config)
     graphdef, params = nnx.split(model)
@@ -99,7 +99,7 @@ def test_command_on_a_spatial_latent_skips_2d_plots_with_a_log_line(smoke_workdi
 
 def test_command_on_a_2d_latent_draws_the_maps(tmp_path, mnist_dir):
     config = mnist_config("mnist_mlp")
-    config.vae.latent_dim = 2
+    config.vae.mlp.latent_dim = 2
     config.prior.name = "gmm"
     stages.train_and_evaluate(config, str(tmp_path / "w"))
     result = diagnostics.diagnose(str(tmp_path / "w"))

@@ -21,11 +21,11 @@ from flax import nnx
 import priors
 from priors import gmm as gmm_lib
 from tests.conftest import mnist_config
-from vae.evaluation import evaluation_data
+from vae import workdir as workdir_lib
 from vae.data import input_pipeline
+from vae.evaluation import evaluation_data
 from vae.models import losses
 from vae.train import stages
-from vae import workdir as workdir_lib
 
 # Keys averaged per k. The mean of n single-sample bounds scatters by about sqrt(2 gap / n)
 # around its expectation (gap = log p(x) - ELBO, for near-Gaussian weights): at k=1 with 20
@@ -42,7 +42,7 @@ def two_d_run(mnist_dir, tmp_path_factory):
     full-covariance GMM. An encoder trained this long covers each digit's posterior well enough
     for IWAE to converge; the 2k-digit smoke encoder misses modes of ambiguous digits."""
     config = mnist_config("mnist_mlp", preset="")
-    config.vae.latent_dim = 2
+    config.vae.mlp.latent_dim = 2
     config.train.num_epochs = EPOCHS
     config.prior.num_epochs = 10
     config.prior.made.hidden = (64, 64)

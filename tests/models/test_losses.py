@@ -1,4 +1,5 @@
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -7,9 +8,9 @@ import pytest
 from flax import nnx
 
 from tests.conftest import mnist_config
+from vae import models
 from vae.data import input_pipeline
 from vae.models import losses
-from vae import models
 
 
 def test_kl_of_identical_gaussians_is_zero():
@@ -147,3 +148,19 @@ def test_the_likelihood_follows_the_data_and_refuses_a_mismatch():
         config.vae.likelihood = value
         with pytest.raises(ConfigError, match="config.vae.likelihood"):
             models.likelihood_from_config(config, channels)
+
+
+def test_discretized_logistic_sums_to_what_its_docstring_states():
+    """At the log-scale clamp (-7; -9 is clamped to it) the pdf fallback and float32 rounding move
+    the sum of the 256 bins off 1, by at most what the docstring states, over a sweep of means."""
+    doc = " ".join(losses.discretized_logistic_log_prob.__doc__.split())
+    stated = re.search(r"at the clamp to 1 ± ([0-9.e-]+), for log-scales from -5 up to 1 ± ([0-9.e-]+)", doc)
+    assert stated, "the docstring states no bound on the sum of the 256 probabilities"
+    bounds = {-7.0: float(stated[1]), -9.0: float(stated[1]), -5.0: float(stated[2]), -1.0: float(stated[2])}
+    x = (jnp.arange(256, dtype=jnp.float32) / 255.0).reshape(256, 1)
+    total = jax.jit(jax.vmap(lambda m, s: jnp.exp(losses.discretized_logistic_log_prob(
+        x, jnp.full_like(x, m), jnp.full_like(x, s))).sum()))
+    means = jnp.linspace(-0.3, 1.3, 4001)
+    errors = {s: np.abs(np.asarray(total(means, jnp.full_like(means, s)), np.float64) - 1.0).max() for s in bounds}
+    assert all(errors[s] <= bounds[s] for s in bounds), (errors, bounds)
+    assert errors[-7.0] > 1e-5  # the clamp's deviation is real: the sum is not 1 to float32's 1e-6

@@ -1,10 +1,9 @@
 import jax
 import jax.numpy as jnp
 import pytest
-
-from configs import fashion_mnist, mnist, mnist_mlp
 from flax import nnx
 
+from configs import fashion_mnist, mnist, mnist_mlp
 from tests.conftest import mnist_config
 from vae import models
 from vae.errors import ConfigError
@@ -27,7 +26,7 @@ def test_shapes(module, latent, out_channels):
 
 def test_mlp_with_two_latent_dims():
     config = mnist_mlp.get_config("smoke")
-    config.vae.latent_dim = 2
+    config.vae.mlp.latent_dim = 2
     mean, _, _, out = models.create_vae(config)(jnp.zeros((2, 28, 28, 1)), jax.random.key(0))
     assert mean.shape == (2, 2) and out.shape == (2, 28, 28, 1)
 
@@ -35,14 +34,14 @@ def test_mlp_with_two_latent_dims():
 @pytest.mark.parametrize("shape", [(8, 8, 4), (7, 7, 0), (7, 7)])
 def test_latent_shape_that_does_not_fit_the_conv_decoder(shape):
     config = mnist.get_config("smoke")
-    config.vae.latent_shape = shape
-    with pytest.raises(ConfigError, match=r"config.vae.latent_shape=.*\(7, 7, c\)"):
+    config.vae.conv.latent_shape = shape
+    with pytest.raises(ConfigError, match=r"config.vae.conv.latent_shape=.*\(7, 7, c\)"):
         models.create_vae(config)
 
 
 def test_bad_arch_and_latent_dim():
     config = mnist_mlp.get_config("smoke")
-    config.vae.latent_dim = -3
+    config.vae.mlp.latent_dim = -3
     with pytest.raises(ConfigError, match="latent_dim=-3"):
         models.create_vae(config)
     config.vae.arch = "transformer"

@@ -158,8 +158,8 @@ def test_vq_training_reports_what_vq_users_check(vq_run):
     train = [r for r in records if r["split"] == "train" and "prior" not in r]
     assert len(val) == config.train.num_epochs + 1  # + the untrained model
     for r in val:
-        assert 1 <= r["codes_used"] <= config.vae.num_codes and 1.0 <= r["perplexity"] <= config.vae.num_codes
-        assert r["kl"] == pytest.approx(49 * math.log(config.vae.num_codes), rel=1e-6)  # h w log K
+        assert 1 <= r["codes_used"] <= config.vae.vq.num_codes and 1.0 <= r["perplexity"] <= config.vae.vq.num_codes
+        assert r["kl"] == pytest.approx(49 * math.log(config.vae.vq.num_codes), rel=1e-6)  # h w log K
         assert r["elbo"] == pytest.approx(r["recon"] - r["kl"], rel=1e-5)
     assert val[-1]["recon"] > val[1]["recon"] + 20  # it learned to reconstruct
     assert val[-1]["perplexity"] > 8  # many codes in effective use, not a collapsed codebook
@@ -198,8 +198,8 @@ def test_vq_report_files_and_load(vq_run):
 
 
 def test_a_continuous_prior_on_a_vq_workdir_is_refused(vq_run, tmp_path):
-    from vae.train import stages
     from vae.errors import PriorError
+    from vae.train import stages
 
     workdir = tmp_path / "copy"
     shutil.copytree(vq_run[0], workdir)
@@ -211,10 +211,8 @@ def test_a_continuous_prior_on_a_vq_workdir_is_refused(vq_run, tmp_path):
 
 def test_vq_config_errors():
     from vae import models
-    from vae.errors import ConfigError
-
+    from vae.errors import ConfigError, PriorError
     from vae.train import stages
-    from vae.errors import PriorError
 
     config = mnist_config("mnist_vq")
     config.vae.prior = "vamp"

@@ -1,5 +1,7 @@
 """A ResNet encoder/decoder pair (`config.vae.arch='resnet'`), for colour images on an accelerator.
 
+config.vae.resnet: latent_shape (H/f, W/f, c), widths (one level per width), blocks (per level).
+
 Levels of `num_blocks` pre-activation residual blocks (GroupNorm, SiLU, 3x3 conv, twice),
 one level per width in `widths`; between levels the encoder halves the resolution with a
 stride-2 conv and the decoder doubles it by sub-pixel upsampling (`depth_to_space`), so
@@ -14,6 +16,9 @@ import math
 
 from flax import nnx
 
+from vae.errors import ConfigError
+from vae.models import registry
+from vae.models.conv import spatial_latent_shape
 from vae.models.layers import depth_to_space, posterior
 
 
@@ -72,3 +77,24 @@ class ResNetDecoder(nnx.Module):
             if i < len(self.up):
                 h = depth_to_space(self.up[i](h))
         return self.out(nnx.silu(self.norm_out(h)))
+
+
+def latent_shape(section, image_shape) -> tuple[int, int, int]:
+    factor = 2 ** (len(section.widths) - 1)
+    if image_shape[0] % factor or image_shape[1] % factor:
+        raise ConfigError(f"config.vae.resnet.widths={tuple(section.widths)} resample {image_shape[:2]} images by "
+                          f"{factor}, which does not divide them; use fewer levels")
+    return spatial_latent_shape(section, image_shape, factor, "resnet")
+
+
+def build(section, image_shape, latent_shape, likelihood, out_channels, *, rngs, dtype):
+    widths, blocks = tuple(section.widths), int(section.blocks)
+    encoder = ResNetEncoder(image_shape, widths, blocks, latent_shape[-1], rngs=rngs, dtype=dtype)
+    decoder = ResNetDecoder(image_shape, widths, blocks, latent_shape[-1], out_channels, rngs=rngs, dtype=dtype)
+    return encoder, decoder
+
+
+registry.register(registry.Spec(
+    name="resnet", build=build, latent_shape=latent_shape,
+    config={"latent_shape": (7, 7, 4), "widths": (64, 128, 256), "blocks": 2},
+    doc="pre-activation residual blocks with GroupNorm, one level per width"))

@@ -1,8 +1,11 @@
 """VQ-VAE (van den Oord et al. 2017): a map of integer codes as the latent (`config.vae.arch='vq'`).
 
-  x -> conv encoder (`models.ConvEncoder`'s stack) -> z_e (B, H/4, W/4, D)
+config.vae.vq: channels (the conv stacks' widths), num_codes (K), code_dim (D), commitment,
+codebook_decay (the EMA's), dead_code_threshold (EMA count per step below which a code restarts).
+
+  x -> conv encoder (`vae.models.conv.ConvEncoder`'s stack) -> z_e (B, H/4, W/4, D)
     -> `VectorQuantizer`: the nearest of K codebook rows per position -> codes (B, H/4, W/4), z_q
-    -> conv decoder (`models.ConvDecoder` on D channels) -> p(x | z_q)
+    -> conv decoder (`vae.models.conv.ConvDecoder` on D channels) -> p(x | z_q)
 
 Training minimizes -log p(x|z_q) + commitment * ||z_e - sg(z_q)||^2, the decoder reading
 z_e + sg(z_q - z_e): the straight-through estimator, whose gradient reaches the encoder as
@@ -27,7 +30,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from priors.uniform import Uniform
-from vae.models import losses
+from vae.errors import ConfigError
+from vae.models import losses, registry
+from vae.models.conv import DOWNSAMPLING, ConvDecoder, ConvEncoder
 
 
 class Statistic(nnx.Variable):
@@ -161,3 +166,37 @@ class VQVAE(nnx.Module):
         else:
             bound = log_px + log_prior(codes)
         return bound, bound
+
+
+def check(section) -> None:
+    rules = [("num_codes", section.num_codes >= 2, ">= 2"), ("code_dim", section.code_dim >= 1, ">= 1"),
+             ("commitment", section.commitment >= 0, ">= 0"),
+             ("codebook_decay", 0 <= section.codebook_decay < 1, "in [0, 1)"),
+             ("dead_code_threshold", section.dead_code_threshold >= 0, ">= 0")]
+    for field, ok, expected in rules:
+        if not ok:
+            raise ConfigError(f"config.vae.vq.{field}={section[field]!r} is out of range; expected {expected}")
+
+
+def latent_shape(section, image_shape) -> tuple[int, int]:
+    if image_shape[0] % DOWNSAMPLING or image_shape[1] % DOWNSAMPLING:
+        raise ConfigError(f"config.vae.arch='vq' downsamples by {DOWNSAMPLING}, which does not divide {image_shape[:2]}")
+    return (image_shape[0] // DOWNSAMPLING, image_shape[1] // DOWNSAMPLING)
+
+
+def build(section, image_shape, latent_shape, likelihood, out_channels, *, rngs, dtype) -> VQVAE:
+    """The conv stacks of arch='conv' around a K x D codebook."""
+    channels, k, d = tuple(section.channels), int(section.num_codes), int(section.code_dim)
+    encoder = ConvEncoder(image_shape, channels, d, rngs=rngs, dtype=dtype, gaussian=False)
+    decoder = ConvDecoder(image_shape, channels, d, out_channels, rngs=rngs, dtype=dtype)
+    quantizer = VectorQuantizer(k, d, decay=float(section.codebook_decay),
+                                dead_threshold=float(section.dead_code_threshold), rngs=rngs)
+    return VQVAE(encoder, decoder, quantizer, latent_shape, likelihood, float(section.commitment))
+
+
+registry.register(registry.Spec(
+    name="vq", build=build, latent_shape=latent_shape, check=check, latents="categorical",
+    config={"channels": (32, 64), "num_codes": 256, "code_dim": 16, "commitment": 0.25, "codebook_decay": 0.99,
+            "dead_code_threshold": 0.01},
+    smoke={"channels": (8, 16)},
+    doc="the conv stacks around a vector quantizer with an EMA codebook: a (H/4, W/4) map of codes"))

@@ -14,14 +14,12 @@ import functools
 import logging
 import signal
 
-from vae.data import input_pipeline
-from vae.train import loop
 from vae import models
-from vae.parallel import multihost
-from vae.train import prior_stage
-from vae.parallel import sharding
-from vae.train import vae_stage
+from vae.data import input_pipeline
+from vae.data import registry as data_registry
 from vae.errors import ConfigError, Stopped, TrainingError
+from vae.parallel import multihost, sharding
+from vae.train import loop, prior_stage, vae_stage
 from vae.workdir import Workdir
 
 STAGES = ("vae", "prior", "all")
@@ -35,16 +33,13 @@ def check_config(config) -> None:
         ("seed", config.seed >= 0, ">= 0"),
         ("data.validation_size", config.data.validation_size >= 1, ">= 1"),
         ("data.num_train", config.data.num_train >= 0, ">= 0 (0: all)"),
-        ("data.binarize", not (config.data.binarize and config.data.name in input_pipeline.colour_data.DATASETS),
+        ("data.binarize", not (config.data.binarize and data_registry.get(config.data.name).colour),
          "False for a colour dataset (8-bit pixels, discretized logistic likelihood)"),
         ("vae.beta", config.vae.beta >= 0, ">= 0"),
         ("vae.kl", config.vae.kl in ("analytic", "mc"), "'analytic' or 'mc'"),
-        ("vae.prior", config.vae.get("prior", "normal") in models.stage1_priors(),
+        ("vae.prior", config.vae.prior in models.stage1_priors(),
          " or ".join(repr(p) for p in models.stage1_priors())),
-        ("vae.vamp_components", config.vae.get("vamp_components", 500) >= 1, ">= 1"),
-        ("vae.commitment", config.vae.get("commitment", 0.25) >= 0, ">= 0"),
-        ("vae.codebook_decay", 0 <= config.vae.get("codebook_decay", 0.99) < 1, "in [0, 1)"),
-        ("vae.num_codes", config.vae.get("num_codes", 256) >= 2, ">= 2"),
+        ("vae.vamp_components", config.vae.vamp_components >= 1, ">= 1"),
         ("train.num_epochs", tc.num_epochs >= 0, ">= 0"),
         ("train.batch_size", tc.batch_size >= 1, ">= 1"),
         ("train.learning_rate", tc.learning_rate > 0, "> 0"),
@@ -52,18 +47,18 @@ def check_config(config) -> None:
         ("train.grad_clip_norm", tc.grad_clip_norm > 0, "> 0"),
         ("train.steps_per_call", tc.steps_per_call >= 0, ">= 0 (0: one call per epoch)"),
         ("train.eval_batch_size", tc.eval_batch_size >= 1, ">= 1"),
-        ("train.input_shards", tc.get("input_shards", 0) >= 0, ">= 0 (0: one per process)"),
-        ("train.heartbeat_timeout_seconds", tc.get("heartbeat_timeout_seconds", 100) >= 1, ">= 1"),
-        ("train.data_placement", tc.get("data_placement", "auto") in ("auto", "device", "streamed"),
+        ("train.input_shards", tc.input_shards >= 0, ">= 0 (0: one per process)"),
+        ("train.heartbeat_timeout_seconds", tc.heartbeat_timeout_seconds >= 1, ">= 1"),
+        ("train.data_placement", tc.data_placement in ("auto", "device", "streamed"),
          "'auto', 'device' or 'streamed'"),
-        ("train.compute_dtype", tc.get("compute_dtype", "float32") in models.COMPUTE_DTYPES,
+        ("train.compute_dtype", tc.compute_dtype in models.COMPUTE_DTYPES,
          " or ".join(repr(d) for d in models.COMPUTE_DTYPES)),
         ("prior.num_epochs", pc.num_epochs >= 0, ">= 0"),
         ("prior.batch_size", pc.batch_size >= 1, ">= 1"),
         ("prior.learning_rate", pc.learning_rate > 0, "> 0"),
         ("prior.steps_per_call", pc.steps_per_call >= 0, ">= 0"),
-        ("prior.patience", pc.get("patience", 0) >= 0, ">= 0 (0: no early stopping)"),
-        ("prior.ema_decay", 0 <= pc.get("ema_decay", 0.0) < 1, "in [0, 1) (0: no EMA)"),
+        ("prior.patience", pc.patience >= 0, ">= 0 (0: no early stopping)"),
+        ("prior.ema_decay", 0 <= pc.ema_decay < 1, "in [0, 1) (0: no EMA)"),
         ("prior.fit_target", pc.fit_target in ("sample", "mean"), "'sample' or 'mean'"),
         ("prior.latent_draws", pc.latent_draws in ("per_epoch", "once"), "'per_epoch' or 'once'"),
         ("prior.em_draws_per_image", pc.em_draws_per_image >= 1, ">= 1"),
@@ -75,11 +70,11 @@ def check_config(config) -> None:
         if not ok:
             value = functools.reduce(lambda c, k: c[k], field.split("."), config)
             raise ConfigError(f"config.{field}={value!r} is out of range; expected {expected}")
-    image_shape = input_pipeline.image_shape(config.data.name)
+    image_shape = data_registry.image_shape(config.data.name)
     models.latent_shape_from_config(config.vae, image_shape)
     models.likelihood_from_config(config, image_shape[-1])
     if config.stage == "all":  # before training a VAE whose latents stage 2's priors cannot model
-        prior_stage.prior_names(config.prior, "categorical" if config.vae.arch == "vq" else "continuous")
+        prior_stage.prior_names(config.prior, models.registry.get(config.vae.arch).latents)
 
 
 def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None = None):
@@ -90,6 +85,8 @@ def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None 
     sharding.initialize_distributed(config.train)  # before anything touches a device
     wd = Workdir(workdir)
     wd.ensure_writable()
+    if config.log.tensorboard:
+        wd.log_to_tensorboard()
     # Handlers cover setup and the gaps between stages too: a signal there stops the run
     # cleanly after the last saved checkpoint instead of killing it outright.
     with loop.stop_on_signals() as signals:

@@ -1,0 +1,66 @@
+"""The architecture registry: each encoder/decoder family registers its name, its config
+section and how it is built.
+
+A `Spec` says everything the rest of the codebase needs to know about an architecture:
+  config        defaults of config.vae.<name> (configs/base.py builds the section from them);
+                `smoke` overrides them in the smoke preset
+  latents       'continuous' (a diagonal-Gaussian posterior; the VAE wraps the pair with the
+                prior it trains with) or 'categorical' (integer code maps, e.g. the VQ-VAE)
+  latent_shape  (section, image_shape) -> the latent's shape, or a ConfigError naming the field
+  build         (section, image_shape, latent_shape, likelihood, out_channels, *, rngs, dtype) ->
+                (encoder, decoder) for 'continuous'; the whole model for 'categorical'
+  check         section -> None, a ConfigError naming the first field that cannot work
+
+Adding an architecture is one module in vae/models/ that calls `register(Spec(...))`,
+imported by `vae/models/__init__.py`; `--config.vae.arch=<name>` then selects it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from vae.errors import ConfigError
+
+LATENTS = ("continuous", "categorical")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str
+    build: Callable
+    latent_shape: Callable
+    config: dict = dataclasses.field(default_factory=dict)
+    smoke: dict = dataclasses.field(default_factory=dict)
+    latents: str = "continuous"
+    check: Callable | None = None
+    doc: str = ""
+
+    def __post_init__(self):
+        if self.latents not in LATENTS:
+            raise ValueError(f"architecture {self.name!r}: latents={self.latents!r}; expected one of {LATENTS}")
+
+
+_SPECS: dict[str, Spec] = {}
+
+
+def register(spec: Spec) -> Spec:
+    if spec.name in _SPECS and _SPECS[spec.name] != spec:
+        raise ValueError(f"two architectures are registered as {spec.name!r}")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    _SPECS.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_SPECS)
+
+
+def get(name: str) -> Spec:
+    """The architecture config.vae.arch names; a ConfigError listing the known ones otherwise."""
+    if name not in _SPECS:
+        raise ConfigError(f"config.vae.arch={name!r} is unknown; expected one of {names()}")
+    return _SPECS[name]

@@ -3,6 +3,7 @@ priors are refused by sample.py and vae.load (naming both checkpoints), then ref
 stage 2, with the stale fit kept aside."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -49,13 +50,14 @@ def test_priors_of_an_earlier_vae_are_refused_then_refitted(straight_run, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_a_prior_without_provenance_is_refused(smoke_workdir, copy_of):
+def test_a_prior_record_of_the_old_layout_is_one_clear_error(smoke_workdir, copy_of):
+    """A prior fitted before records said which VAE it was fitted to: not guessed, refused."""
     workdir = copy_of(smoke_workdir)
     path = workdir / "priors" / "gmm" / "config.json"
     record = json.loads(path.read_text())
     del record["fitted_to"]  # as written before provenance was recorded
     path.write_text(json.dumps(record))
-    with pytest.raises(PriorError, match="does not record which VAE checkpoint"):
+    with pytest.raises(PriorError, match=re.escape(f"{path} is in an older layout (it has no fitted_to); move ") + ".* away"):
         vae.load(str(workdir))
     wd = workdir_lib.open(workdir)
     model, step, _ = wd.restore_vae()

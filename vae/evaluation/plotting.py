@@ -28,10 +28,15 @@ def make_grid(images, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     return np.clip(grid[..., 0] if c == 1 else grid, 0.0, 1.0)
 
 
-def save_grid(images, path: str, ncol: int | None = None) -> str:
+def save_image(image, path: str) -> str:
+    """One (H, W) or (H, W, 3) image in [0, 1] as a PNG (grey for one channel)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    matplotlib.image.imsave(path, make_grid(images, ncol), cmap="gray", vmin=0.0, vmax=1.0)
+    matplotlib.image.imsave(path, image, cmap="gray", vmin=0.0, vmax=1.0)
     return path
+
+
+def save_grid(images, path: str, ncol: int | None = None) -> str:
+    return save_image(make_grid(images, ncol), path)
 
 
 def save_labelled_grids(grids: dict, path: str, ncol: int | None = None) -> str:

@@ -4,8 +4,8 @@ The training split lives on the device as uint8; an epoch walks a per-epoch perm
 jitted chunks of `train.steps_per_call` steps, with dynamic binarization inside the step,
 so no data crosses from the host per step (or, `train.data_placement='streamed'`, the host
 gathers each chunk's batches and ships them one call ahead). The host syncs once per epoch:
-to log, to check the loss is finite, and to checkpoint. Randomness: step s uses
-`fold_in(key, s)`; epoch e's order `fold_in(fold_in(key, 1), e)`.
+to log, to check the loss is finite, and to checkpoint. Randomness (`vae.rng`): step s uses
+`fold_in(key(seed, 'vae_step'), s)`, epoch e's order `fold_in(key(seed, 'vae_epoch_order'), e)`.
 """
 
 from __future__ import annotations
@@ -22,17 +22,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae.workdir import checkpoint
-from vae.evaluation import evaluation_data
+from vae import models, rng
 from vae.data import input_pipeline
-from vae.train import loop
-from vae.models import losses
-from vae import models
-from vae.train import optim
-from vae.evaluation import plotting
-from vae.parallel import sharding
-from vae.models import vq
 from vae.errors import TrainingError
+from vae.evaluation import evaluation_data, plotting
+from vae.models import losses, vq
+from vae.parallel import sharding
+from vae.train import loop, optim
+from vae.workdir import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +42,7 @@ class StepFunctions(NamedTuple):
 def make_step_functions(graphdef, tx, config, mesh=None, shards=None) -> StepFunctions:
     """The jitted train epoch closed over the static model and optimizer.
 
-    train_epoch(state, train_images, key, epoch, start=0, should_stop) -> (state, metrics):
+    train_epoch(state, train_images, seed, epoch, start=0, should_stop) -> (state, metrics):
     `train_images` is the device-resident uint8 split (batches gathered inside the jitted
     call) or, on the streamed path, this process's host rows (its pieces of each batch
     gathered, assembled into global batches and shipped per call, prefetched). Both run the
@@ -57,7 +54,7 @@ def make_step_functions(graphdef, tx, config, mesh=None, shards=None) -> StepFun
     mesh = mesh or sharding.make_mesh(1)
     per_step_batch = sharding.batch_sharding(mesh)  # (B, H, W, C)
     streamed_chunk_sharding = sharding.batch_sharding(mesh, batch_axis=1)  # (steps, B, H, W, C)
-    unroll = tc.get("unroll", True)
+    unroll = tc.unroll
 
     def loss_fn(params, images_uint8, key):
         model = nnx.merge(graphdef, params)
@@ -86,34 +83,35 @@ def make_step_functions(graphdef, tx, config, mesh=None, shards=None) -> StepFun
                             static_argnums=2)
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def resident_chunk(state, train_images, batch_indices, key):
-        step_key = jax.random.fold_in(key, 0)
+    def resident_chunk(state, train_images, batch_indices, step_key):
         return loop.scan_steps(lambda st, idx: train_step(st, train_images[idx], step_key), state, batch_indices, unroll)
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def streamed_chunk(state, batches, key):
-        step_key = jax.random.fold_in(key, 0)
+    def streamed_chunk(state, batches, step_key):
         return loop.scan_steps(lambda st, images: train_step(st, images, step_key), state, batches, unroll)
 
-    def train_epoch(state, train_images, key, epoch, *, start=0, should_stop=lambda: False):
-        """Epoch `epoch` from its step `start` on; stops early between calls if should_stop()."""
+    def train_epoch(state, train_images, seed: int, epoch, *, start=0, should_stop=lambda: False):
+        """Epoch `epoch` of the run seeded `seed` from its step `start` on; stops early between
+        calls if should_stop()."""
         rows = shards or sharding.InputShards(1, train_images.shape[0])
-        batches = epoch_batches(jax.random.fold_in(key, 1), epoch, rows)
+        step_key = rng.key(seed, "vae_step")
+        batches = epoch_batches(rng.key(seed, "vae_epoch_order"), epoch, rows)
         slices = loop.chunk_slices(batches.shape[0], tc.steps_per_call, start)
         if isinstance(train_images, jax.Array):
             chunks = (batches[s] for s in slices)
-            return loop.run_chunks(lambda st, b: resident_chunk(st, train_images, b, key), state, chunks,
+            return loop.run_chunks(lambda st, b: resident_chunk(st, train_images, b, step_key), state, chunks,
                                    should_stop=should_stop)
         host_batches = np.asarray(batches)  # the same permutation, gathered on the host
         chunks = loop.prefetch(sharding.put_local(train_images[host_batches[s]], streamed_chunk_sharding, 1)
                                for s in slices)
-        return loop.run_chunks(lambda st, b: streamed_chunk(st, b, key), state, chunks, should_stop=should_stop)
+        return loop.run_chunks(lambda st, b: streamed_chunk(st, b, step_key), state, chunks, should_stop=should_stop)
 
     return StepFunctions(train_epoch, train_step)
 
 
-def save_image_grids(model, x_eval, z, samples_dir: str, step: int) -> None:
-    """Reconstructions of the first len(z) evaluation images, and the decoded latents z."""
+def save_image_grids(model, x_eval, z, wd, step: int) -> None:
+    """Reconstructions of the first len(z) evaluation images, and the decoded latents z, as
+    PNGs in W/samples/ (and TensorBoard images when it is on)."""
     n = len(z)
     x = jnp.asarray(x_eval[:n])
     mean, _ = model.encode(x)
@@ -123,8 +121,10 @@ def save_image_grids(model, x_eval, z, samples_dir: str, step: int) -> None:
     rows = n // ncol
     pairs = np.stack([np.asarray(x)[: rows * ncol], np.asarray(recon)[: rows * ncol]], 1)
     pairs = pairs.reshape(rows, ncol, 2, *x.shape[1:]).transpose(0, 2, 1, 3, 4, 5).reshape(-1, *x.shape[1:])
-    plotting.save_grid(pairs, os.path.join(samples_dir, f"reconstructions_{step:07d}.png"), ncol=ncol)
-    plotting.save_grid(samples, os.path.join(samples_dir, f"prior_samples_{step:07d}.png"))
+    grids = {"reconstructions": plotting.make_grid(pairs, ncol=ncol), "prior_samples": plotting.make_grid(samples)}
+    for name, grid in grids.items():
+        plotting.save_image(grid, os.path.join(wd.samples, f"{name}_{step:07d}.png"))
+        wd.log_image(f"samples/{name}", grid, step)
 
 
 def _heal_best(wd, state, step: int) -> float:
@@ -155,13 +155,12 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
     if steps_per_epoch < 1:
         raise TrainingError(
             f"config.train.batch_size={tc.batch_size} is larger than the training split ({len(dataset.train)})")
-    mesh = sharding.make_mesh(tc.get("num_devices", 0))
+    mesh = sharding.make_mesh(tc.num_devices)
     sharding.check_divisible(tc.batch_size, mesh, "train.batch_size")
 
     graphdef, params = nnx.split(models.create_vae(config))
     tx = optim.make_optimizer(tc, steps_per_epoch * tc.num_epochs)
     state = sharding.put(optim.init_state(tx, params), sharding.replicated(mesh))
-    key = jax.random.key(config.seed)
     resident = sharding.device_resident(config, dataset.train.images, mesh)
     train_images = (sharding.put(dataset.train.images, sharding.replicated(mesh)) if resident
                     else dataset.train.images)
@@ -184,8 +183,8 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
             wd.append_metrics({"step": step, "epoch": epoch, "split": split, **m})
             results[split] = m
         if jax.process_index() == 0:
-            z = sample_prior(nnx.state(model), jax.random.fold_in(key, 3))  # from the prior the VAE trains with
-            save_image_grids(model, eval_data.images("test"), z, wd.join("samples"), step)
+            z = sample_prior(nnx.state(model), rng.key(config.seed, "vae_grid"))  # from the prior the VAE trains with
+            save_image_grids(model, eval_data.images("test"), z, wd, step)
         is_best = results["validation"]["elbo"] > best
         best = max(best, results["validation"]["elbo"])
         return results["validation"]["elbo"], is_best
@@ -199,7 +198,7 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
 
     task = loop.Task(
         desc="vae", steps_per_epoch=steps_per_epoch, num_epochs=tc.num_epochs,
-        run_epoch=lambda st, epoch, start, stop: train_epoch(st, train_images, key, epoch, start=start,
+        run_epoch=lambda st, epoch, start, stop: train_epoch(st, train_images, config.seed, epoch, start=start,
                                                              should_stop=stop),
         end_epoch=end_epoch, checkpoint_dir=wd.checkpoints, workdir=wd,
         checked=("loss", "recon", "kl", "grad_norm"), batch_size=tc.batch_size)

@@ -21,8 +21,8 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
-from vae.parallel import multihost
 from vae.errors import CheckpointError
+from vae.parallel import multihost
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 
 from vae import cli
-from vae.evaluation import report
+from vae.evaluation import report, report_table
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints).")
 _OUT = flags.DEFINE_string("out", None, "Output directory; default WORKDIR/report.")
@@ -32,7 +32,7 @@ def main(argv):
         raise app.UsageError(f"--seeds: expected comma-separated integers, got {','.join(_SEEDS.value)!r}") from None
     result = report.compare(_WORKDIR.value, _OUT.value, n_samples=_N.value, k=_K.value, seeds=seeds,
                             command="python " + " ".join(sys.argv))
-    print(report.markdown_table(result))
+    print(report_table.markdown_table(result))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
   python benchmarks/iwae_eval.py [--workdir W] [--k 1000] [--n 10000]
 
-Runs `report.iwae_under_priors`, the function sample.py uses (batches of 100 images, the k
+Runs `bounds.iwae_under_priors`, the function sample.py uses (batches of 100 images, the k
 samples drawn 10 at a time inside a lax.scan with a running log-sum-exp), under N(0, I).
 With --workdir it evaluates that run's VAE on its test split; without, a freshly initialised
 MLP VAE (configs/mnist_mlp.py) on the 10,000 real MNIST test digits: the time does not depend
@@ -25,16 +25,14 @@ from peak import no_compilation
 
 import priors
 from configs import mnist_mlp
-from vae import cli
-from vae.evaluation import evaluation_data
-from vae.data import input_pipeline
-from vae.models import losses
-from vae import models
-from vae.evaluation import report
+from vae import cli, models
 from vae import workdir as workdir_lib
+from vae.data import idx, input_pipeline
+from vae.evaluation import bounds, evaluation_data
+from vae.models import losses
 
 MNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
-BATCH = 100  # report.iwae_under_priors' default
+BATCH = 100  # bounds.iwae_under_priors' default
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir; default: an untrained MLP VAE on MNIST.")
 _K = flags.DEFINE_integer("k", 1000, "Importance samples per image.")
@@ -57,7 +55,7 @@ def main(argv):
     else:
         config = mnist_mlp.get_config()
         vae = models.create_vae(config)
-        test = input_pipeline.read_idx_pair(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz"),
+        test = idx.read_idx_pair(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz"),
                                             os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
         dataset = input_pipeline.Dataset("mnist", train=None, validation=None, test=test, source=MNIST_DIR)
         what = "untrained MLP VAE (configs/mnist_mlp.py), real MNIST test digits"
@@ -68,10 +66,10 @@ def main(argv):
     print(f"{what}: {n} images, k={k}, on {jax.devices()[0].device_kind}; "
           f"host RSS before: {peak_rss_gib():.2f} GiB")
 
-    report.iwae_under_priors(vae, [prior], x[:BATCH], key, k)  # compile
+    bounds.iwae_under_priors(vae, [prior], x[:BATCH], key, k)  # compile
     with no_compilation("iwae_under_priors"):
         t0 = time.perf_counter()
-        (nll,), (elbo,) = report.iwae_under_priors(vae, [prior], x, key, k)
+        (nll,), (elbo,) = bounds.iwae_under_priors(vae, [prior], x, key, k)
         seconds = time.perf_counter() - t0
 
     # FLOPs of one batch, as XLA counts them for the same call report.py makes

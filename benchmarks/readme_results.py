@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 
 from vae import cli
-from vae.evaluation import report
+from vae.evaluation import report_table
 
 _REPORT = flags.DEFINE_string("report", "runs/fashion_mnist/report/report.json", "A report.json of sample.py.")
 _CHECK = flags.DEFINE_string("check", None, "Check this README instead of printing the block.")
@@ -33,7 +33,7 @@ def block(rep: dict) -> str:
     commit = (code.get("commit") or "unknown")[:10]
     dirty = " (uncommitted changes)" if code.get("dirty") else ""
     runs = sorted({(r["code"] or {}).get("commit", "?")[:10] for r in rep.get("training_runs", [])})
-    cols = report.columns(rep)
+    cols = report_table.columns(rep)
     head = ["prior", *(h for _, h in cols)]
     lines = [
         f"<!-- results:{results_name(rep)} -->",
@@ -46,7 +46,7 @@ def block(rep: dict) -> str:
         "| --- |" + " --- |" * (len(head) - 1),
     ]
     for name, r in rep["priors"].items():
-        cells = [f"{r[k]:.4f}" if k == "nll_iwae_bits_per_dim" else report.cell(r, k) for k, _ in cols]
+        cells = [f"{r[k]:.4f}" if k == "nll_iwae_bits_per_dim" else report_table.cell(r, k) for k, _ in cols]
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     lines.append(f"<!-- /results:{results_name(rep)} -->")
     return "\n".join(lines)

@@ -32,14 +32,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae.evaluation import classifier
-from vae import cli
-from vae.data import input_pipeline
-from vae import models
-from vae.evaluation import report
-from vae.train import stages
+# experiments/summary.py, beside this script (running it puts this folder on sys.path)
+from experiments import summary as summary_lib
+from vae import cli, models
 from vae import workdir as workdir_lib
+from vae.data import input_pipeline
+from vae.data import registry as data_registry
 from vae.errors import ConfigError
+from vae.evaluation import classifier, report
+from vae.train import stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment's config file[:preset] (as for train.py).")
 _OUT = flags.DEFINE_string("out", None, "Output directory (one workdir per recipe and seed under it).")
@@ -116,7 +117,7 @@ def main(argv):
         stages.check_config(config)
         models.create_vae(config)  # e.g. joint_made on a spatial latent: refused now, not after other trainings
     dataset = input_pipeline.load_dataset(base.data)
-    if input_pipeline.CLASSES[dataset.name]:  # one classifier for every report (none without labels)
+    if data_registry.get(dataset.name).num_classes:  # one classifier for every report (none without labels)
         classifier.load_or_train(os.path.join(out, "classifier"), dataset, seed=0)
     reports, times = {}, {}
     for seed in seeds:  # every recipe of a seed before the next seed: a partial run is a whole comparison
@@ -131,16 +132,16 @@ def main(argv):
     for recipe in _RECIPES.value:
         for name in reports[recipe, seeds[0]]["priors"]:
             per_seed = [reports[recipe, s]["priors"][name] for s in seeds]
-            row = {"recipe": recipe, "prior": name, **{m: report.mean_sd(r[m] for r in per_seed) for m in metrics},
-                   "vae_seconds": report.mean_sd(times[recipe, s]["vae"] for s in seeds)}
+            row = {"recipe": recipe, "prior": name, **{m: summary_lib.mean_sd(r[m] for r in per_seed) for m in metrics},
+                   "vae_seconds": summary_lib.mean_sd(times[recipe, s]["vae"] for s in seeds)}
             if all(name in times[recipe, s] for s in seeds):
-                row["fit_seconds"] = report.mean_sd(times[recipe, s][name] for s in seeds)
+                row["fit_seconds"] = summary_lib.mean_sd(times[recipe, s][name] for s in seeds)
             rows.append(row)
     summary = {"dataset": reports[_RECIPES.value[0], seeds[0]]["dataset"], "seeds": seeds, "rows": rows, "metrics": metrics,
                "epochs": {"vae": base.train.num_epochs, "prior": base.prior.num_epochs},
                "n_samples": _N.value, "k": _K.value, "command": " ".join(sys.argv),
                "code": workdir_lib.code_version()}
-    report.write_summary(out, summary, markdown(summary))
+    summary_lib.write_summary(out, summary, markdown(summary))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ latent NLL (test split), nll_iwae, fd_classifier, precision and recall, its fitt
 its sampling time, and whether the best autoregressive prior beats the GMM on each metric by
 more than two standard deviations (the larger sd of the two). Reruns resume: fits are
 not redone, and a seed's report is reused while it is newer than the seed's metrics.jsonl.
+A rerun with another --priors name adds that prior to every seed directory, copied or
+fitted as above, and leaves the priors they hold as they are.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae.evaluation import classifier
+# experiments/summary.py, beside this script (running it puts this folder on sys.path)
+from experiments import summary as summary_lib
 from vae import cli
-from vae.data import input_pipeline
-from vae.evaluation import report
-from vae.train import stages
 from vae import workdir as workdir_lib
+from vae.data import input_pipeline
+from vae.data import registry as data_registry
+from vae.evaluation import classifier, report
+from vae.train import stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:preset] (as given to train.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir with a trained VAE.")
@@ -54,10 +58,18 @@ def same_fit(record: dict, prior_config) -> bool:
 
 def seed_workdir(source: workdir_lib.Workdir, path: str, seed: int, names, prior_config) -> workdir_lib.Workdir:
     """A workdir with the source's VAE, classifier and the priors it fitted with `seed` and
-    these stage-2 settings."""
+    these stage-2 settings. One an earlier run made is kept, and gets those of these priors it
+    lacks: a rerun with another --priors name copies that prior there too, not only into new
+    seed directories."""
     wd = workdir_lib.Workdir(path)
-    if os.path.exists(wd.join("config.json")):
-        return wd  # made by an earlier run: resume
+    if not os.path.exists(wd.join("config.json")):
+        _copy_vae(source, path)
+    _copy_priors(source, wd, priors_to_copy(source, wd, seed, names, prior_config))
+    return wd
+
+
+def _copy_vae(source: workdir_lib.Workdir, path: str) -> None:
+    """`path` as a workdir with the source's VAE, its records and classifier, and no prior."""
     shutil.rmtree(path + ".partial", ignore_errors=True)  # a copy a kill interrupted
     os.makedirs(path + ".partial")
     for name in ("config.json", "best_validation_elbo.json", "runs.jsonl"):
@@ -66,16 +78,40 @@ def seed_workdir(source: workdir_lib.Workdir, path: str, seed: int, names, prior
     for name in ("checkpoints", "classifier"):
         shutil.copytree(source.join(name), os.path.join(path + ".partial", name))
     records = [r for r in source.read_metrics() if "prior" not in r]  # the VAE's records
-    for name in names:
-        record = source.prior_record(name)
-        if (record is not None and record["seed"] == seed and name in source.fitted_prior_names()
-                and same_fit(record, prior_config)):
-            shutil.copytree(source.prior_dir(name), os.path.join(path + ".partial", "priors", name))
-            records += [r for r in source.read_metrics() if r.get("prior") == name]
     with open(os.path.join(path + ".partial", "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(path + ".partial", path)
-    return wd
+
+
+def priors_to_copy(source: workdir_lib.Workdir, wd: workdir_lib.Workdir, seed: int, names, prior_config) -> list[str]:
+    """Those of `names` the source fitted with `seed` and these stage-2 settings, and the seed
+    workdir `wd` has no priors/<name>/ for. A fit `wd` holds, finished or not, is its own:
+    stage 2 resumes it."""
+    fitted = source.fitted_prior_names()
+    out = []
+    for name in names:
+        record = source.prior_record(name)
+        if (record is not None and record["seed"] == seed and name in fitted and same_fit(record, prior_config)
+                and not os.path.exists(wd.prior_dir(name))):
+            out.append(name)
+    return out
+
+
+def _copy_priors(source: workdir_lib.Workdir, wd: workdir_lib.Workdir, names) -> None:
+    """Copies the source's priors `names` into `wd` with their metrics records."""
+    for name in names:
+        # Copied beside priors/, whose every subdirectory with a checkpoint counts as a fitted prior.
+        staging = wd.join(f"prior_{name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)  # a copy a kill interrupted
+        shutil.copytree(source.prior_dir(name), staging)
+        # The records before the move: a kill between the two leaves no priors/<name>, so the rerun
+        # copies it again, and first drops the records written here rather than doubling them.
+        wd.rewind_metrics(-1, prior=name)
+        for record in source.read_metrics():
+            if record.get("prior") == name:
+                wd.append_metrics(record)
+        os.makedirs(wd.join("priors"), exist_ok=True)
+        os.replace(staging, wd.prior_dir(name))
 
 
 def seed_report(wd, seed: int) -> dict:
@@ -136,7 +172,7 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     # One classifier for every seed, so that fd_classifier varies with the priors only.
     dataset = input_pipeline.load_dataset(source.load_config().data)
-    if input_pipeline.CLASSES[dataset.name]:  # CelebA has no labels: no classifier, no classifier metrics
+    if data_registry.get(dataset.name).num_classes:  # CelebA has no labels: no classifier, no classifier metrics
         classifier.load_or_train(source.join("classifier"), dataset, seed=0)
     reports, fit_seconds = {}, {n: {} for n in names}
     for seed in seeds:
@@ -151,14 +187,14 @@ def main(argv):
     table = {}
     for name in [n for n in reports[seeds[0]]["priors"] if all(n in reports[s]["priors"] for s in seeds)]:
         rows = [reports[s]["priors"][name] for s in seeds]
-        table[name] = {m: report.mean_sd(r[m] for r in rows) for m in METRICS}
-        table[name]["sampling_seconds"] = report.mean_sd(r["sampling_seconds"] for r in rows)
+        table[name] = {m: summary_lib.mean_sd(r[m] for r in rows) for m in METRICS}
+        table[name]["sampling_seconds"] = summary_lib.mean_sd(r["sampling_seconds"] for r in rows)
         if fit_seconds.get(name):
-            table[name]["fit_seconds"] = report.mean_sd(fit_seconds[name].values())
+            table[name]["fit_seconds"] = summary_lib.mean_sd(fit_seconds[name].values())
     summary = {"dataset": reports[seeds[0]]["dataset"], "seeds": seeds, "priors": table, "verdicts": verdicts(table),
                "n_samples": _N.value, "k": _K.value, "command": " ".join(sys.argv),
                "code": workdir_lib.code_version(), "vae": reports[seeds[0]]["vae"]}
-    report.write_summary(out, summary, markdown(summary))
+    summary_lib.write_summary(out, summary, markdown(summary))
 
 
 if __name__ == "__main__":

@@ -57,15 +57,15 @@ def test_report_compiles_its_iwae_and_sampler_once_across_calls():
     import priors
     from configs import mnist_mlp
     from vae import models
-    from vae.evaluation import report
+    from vae.evaluation import bounds, sampling
 
     config = mnist_mlp.get_config("smoke")
     vae = models.create_vae(config)
     prior = priors.StandardNormal(vae.latent_shape)
     x = jax.random.bernoulli(jax.random.key(0), 0.3, (4, 28, 28, 1)).astype(jnp.float32)
-    first = report.iwae_under_priors(vae, [prior], x, jax.random.key(1), k=2, batch=2)
-    report.draw_samples(prior, jax.random.key(2), 6, batch=3)
+    first = bounds.iwae_under_priors(vae, [prior], x, jax.random.key(1), k=2, batch=2)
+    sampling.draw_samples(prior, jax.random.key(2), 6, batch=3)
     with peak.no_compilation("the second report calls"):
-        again = report.iwae_under_priors(models.create_vae(config), [prior], x, jax.random.key(1), k=2, batch=2)
-        report.draw_samples(prior, jax.random.key(3), 6, batch=3)
+        again = bounds.iwae_under_priors(models.create_vae(config), [prior], x, jax.random.key(1), k=2, batch=2)
+        sampling.draw_samples(prior, jax.random.key(3), 6, batch=3)
     assert all((a == b).all() for a, b in zip(first, again))  # a VAE built alike: the same numbers

@@ -60,3 +60,66 @@ def test_joint_priors_trains_each_recipe_per_seed_and_reports_mean_and_sd(smoke_
 
     bad = run_cli([*args[:-8], "--recipes", "joint_gmm"])
     assert bad.returncode == 2 and "joint_gmm" in bad.stderr and "stage-1 priors" in bad.stderr
+
+
+def fake_source(root, prior_config, seed=0):
+    """A workdir with what prior_seeds copies: a VAE (files only, nothing trains here) and GMM and
+    PixelCNN fits with `seed`, each a finished checkpoint's markers and metrics records."""
+    root.mkdir()
+    (root / "config.json").write_text("{}")
+    for name in ("checkpoints", "classifier"):
+        (root / name).mkdir()
+        (root / name / "weights").write_text(name)
+    records = [{"step": 10, "split": "validation", "elbo": -100.0}]
+    for name in ("gmm", "pixelcnn"):
+        prior = root / "priors" / name
+        (prior / "checkpoints" / "latest" / "5" / "default").mkdir(parents=True)
+        (prior / "checkpoints" / "latest" / "5" / "_CHECKPOINT_METADATA").write_text("{}")
+        (prior / "checkpoints" / "latest" / "5" / "default" / "_METADATA").write_text(name)
+        (prior / "config.json").write_text(json.dumps(
+            {"name": name, "latent_shape": [2], "prior": json.loads(prior_config.to_json()), "seed": seed,
+             "fitted_to": {"step": 10}}))
+        records += [{"prior": name, "step": 5, "split": "validation", f"latent_nll/{name}": 1.5},
+                    {"prior": name, "step": 5, "split": "fit", "fit_seconds": 3.0}]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+def test_prior_seeds_rerun_with_a_new_prior_adds_it_to_existing_seed_dirs(tmp_path):
+    """seed_workdir on a seed directory an earlier run made: a prior --priors names now and the
+    source fitted with that seed is copied in (stage 2 fits the others); the rest stays as it was."""
+
+    import ml_collections
+
+    from experiments import prior_seeds
+    from vae import workdir as workdir_lib
+
+    prior_config = ml_collections.ConfigDict({"name": "gmm,pixelcnn", "num_components": 3})
+    source = workdir_lib.Workdir(fake_source(tmp_path / "run", prior_config))
+    seed_0, seed_1 = str(tmp_path / "out" / "seed_0"), str(tmp_path / "out" / "seed_1")
+    for seed, path in ((0, seed_0), (1, seed_1)):  # the first run: --priors gmm
+        prior_seeds.seed_workdir(source, path, seed, ["gmm"], prior_config)
+    assert workdir_lib.Workdir(seed_0).fitted_prior_names() == ["gmm"]
+    assert workdir_lib.Workdir(seed_1).fitted_prior_names() == []  # the source's fits are seed 0's
+    gmm_before = snapshot(tmp_path / "out" / "seed_0" / "priors" / "gmm")
+    vae_records = [r for r in read_metrics(seed_0) if "prior" not in r]
+
+    # The rerun: --priors gmm,pixelcnn
+    for seed, path in ((0, seed_0), (1, seed_1)):
+        prior_seeds.seed_workdir(source, path, seed, ["gmm", "pixelcnn"], prior_config)
+    wd = workdir_lib.Workdir(seed_0)
+    assert wd.fitted_prior_names() == ["gmm", "pixelcnn"]
+    assert snapshot(wd.prior_dir("pixelcnn")) == snapshot(source.prior_dir("pixelcnn"))
+    assert snapshot(wd.prior_dir("gmm")) == gmm_before
+    records = read_metrics(seed_0)
+    assert [r for r in records if "prior" not in r] == vae_records
+    assert [r for r in records if r.get("prior") == "pixelcnn"] == [
+        r for r in source.read_metrics() if r.get("prior") == "pixelcnn"]
+    assert workdir_lib.Workdir(seed_1).fitted_prior_names() == []  # stage 2 fits both there
+    # and a third run has nothing left to copy: no record is doubled
+    assert prior_seeds.priors_to_copy(source, wd, 0, ["gmm", "pixelcnn"], prior_config) == []
+    prior_seeds.seed_workdir(source, seed_0, 0, ["gmm", "pixelcnn"], prior_config)
+    assert read_metrics(seed_0) == records
+    # a prior the seed directory began fitting itself is resumed by stage 2, not replaced by the source's
+    (tmp_path / "out" / "seed_0" / "priors" / "made").mkdir()
+    assert prior_seeds.priors_to_copy(source, wd, 0, ["made", "pixelcnn"], prior_config) == []

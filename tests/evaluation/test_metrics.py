@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vae.evaluation import analysis
-from vae.data import input_pipeline
+from vae.data import mnist
+from vae.evaluation import analysis, metrics
 from vae.models import losses
-from vae.evaluation import metrics
 
 
 @pytest.fixture(scope="module")
 def mnist_pixels(mnist_dir):
-    _, test, _ = input_pipeline.load_idx_dir(str(mnist_dir))
+    _, test, _ = mnist.load_idx_dir(str(mnist_dir))
     # 64 random projections of real digits: a feature space we need no training for
     proj = np.random.default_rng(0).normal(size=(784, 64)) / 28.0
     x = test.images.reshape(len(test), -1) / 255.0
@@ -103,7 +102,7 @@ def test_hole_rate_calibration_and_detection():
     means = centers[jnp.arange(2000) % 2] + 0.3 * jax.random.normal(key, (2000, 2))
     logvars = jnp.full_like(means, math.log(0.2**2))
     train, held = (means[:1500], logvars[:1500]), (means[1500:], logvars[1500:])
-    threshold = analysis.hole_threshold(jax.random.key(3), *held, *train)
+    threshold = analysis.hole_threshold(analysis.heldout_log_q(jax.random.key(3), *held, *train))
     fresh, _ = analysis.sample_aggregate_posterior(jax.random.key(4), *held, 10000)
     assert 0.003 < analysis.prior_hole_rate(fresh, *train, threshold)["prior_hole_rate"] < 0.03
     gap = jnp.stack([jnp.zeros(1000), jax.random.normal(key, (1000,))], 1)
@@ -120,3 +119,31 @@ def test_log_aggregate_posterior_matches_direct_mixture():
     direct = jax.nn.logsumexp(jax.vmap(lambda zi: losses.gaussian_log_prob(jnp.broadcast_to(zi, means.shape), means, logvars))(z), axis=1) - math.log(300)
     fast = analysis.log_aggregate_posterior(z, means, logvars, chunk=64, z_chunk=16, desc=False)
     np.testing.assert_allclose(fast, direct, rtol=1e-4, atol=1e-3)
+
+
+def test_frechet_distance_of_a_singular_covariance_product_retries_with_eps_and_warns(caplog):
+    # 4 samples of 3 binary features, the first two equal in `a`: sqrtm finds no root of this
+    # singular product (all NaN), so the distance was NaN.
+    a = np.array([[1.0, 1, 1], [0, 0, 1], [0, 0, 1], [1, 1, 1]])
+    b = np.array([[1.0, 0, 0], [1, 0, 1], [0, 0, 0], [1, 1, 0]])
+    ca, cb = np.cov(a.T), np.cov(b.T)
+    assert not np.isfinite(scipy.linalg.sqrtm(ca @ cb)).all()
+    with caplog.at_level("WARNING", logger="vae.evaluation.metrics"):
+        fd = metrics.frechet_distance(a, b)
+    assert any("adding 1e-06 * I" in r.getMessage() for r in caplog.records), caplog.text
+    # Exact: Tr (S_a S_b)^(1/2) = Tr (S_a^(1/2) S_b S_a^(1/2))^(1/2), a root of a PSD matrix. eps * I
+    # moves the trace of the root by about sqrt(eps) per singular direction: 1.7e-3 here.
+    half = scipy.linalg.sqrtm(ca).real
+    exact = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(ca) + np.trace(cb)
+             - 2 * np.trace(scipy.linalg.sqrtm(half @ cb @ half).real))
+    assert np.isfinite(fd) and fd == pytest.approx(exact, abs=5e-3)
+
+
+def test_frechet_distance_refuses_a_large_imaginary_component(monkeypatch):
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(200, 4)), rng.normal(size=(200, 4))
+    sqrtm = scipy.linalg.sqrtm
+    # A root whose diagonal is 0.01i off: not the rounding noise .real may drop.
+    monkeypatch.setattr(metrics.scipy.linalg, "sqrtm", lambda m: sqrtm(m) + 0.01j * np.eye(len(m)))
+    with pytest.raises(ValueError, match="imaginary diagonal component of 0.01"):
+        metrics.frechet_distance(a, b)

@@ -78,16 +78,16 @@ def heldout_log_q(key, ref_means, ref_logvars, train_means, train_logvars, *, nu
     return np.asarray(log_aggregate_posterior(ref_z, train_means, train_logvars, desc="held-out log q(z)"))
 
 
-def hole_threshold(key, ref_means, ref_logvars, train_means, train_logvars, *, num: int = 10000) -> float:
-    """1st percentile of log q(z) (the mixture of training posteriors) over encoded
-    *held-out* latents z ~ q(z|x), x from `ref_*` (the validation split).
+def hole_threshold(heldout_log_q_values) -> float:
+    """The log q(z) below which a latent is in a hole: the 1st percentile of log q(z) (the
+    mixture of training posteriors) over encoded *held-out* latents, `heldout_log_q`'s values.
 
     Held-out, not training, latents: a training latent is scored by a mixture that holds its
     own posterior, which in high dimensions dominates the sum, so their 1st percentile lies
     above the density of any new point; every prior, q(z) itself included, would then
     score a hole rate near 1. With held-out latents the rate of q(z)'s own draws is ~1%.
     """
-    return float(np.percentile(heldout_log_q(key, ref_means, ref_logvars, train_means, train_logvars, num=num), 1.0))
+    return float(np.percentile(heldout_log_q_values, 1.0))
 
 
 def prior_hole_rate(prior_z, train_means, train_logvars, threshold: float) -> dict:

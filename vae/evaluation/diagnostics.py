@@ -24,10 +24,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vae.evaluation import analysis
-from vae.evaluation import evaluation_data
-from vae import loading
-from vae.evaluation import plotting
+from vae import loading, rng
+from vae.evaluation import analysis, evaluation_data, plotting
 
 log = logging.getLogger(__name__)
 ACTIVE_THRESHOLD = 0.01  # Burda et al.: a unit is active if Cov_x(E_q[z_i|x]) > 0.01
@@ -154,7 +152,7 @@ def diagnose(workdir: str, out_dir: str | None = None, *, seed: int = 0, max_tra
     eval_data = evaluation_data.EvalData(run.config, dataset)
     mean, logvar = eval_data.posteriors(run.model, "train", limit=max_train)
     test_mean, test_logvar = eval_data.posteriors(run.model, "test")
-    key = jax.random.key(seed)
+    key = rng.key(seed, "diagnostics")
     stats = posterior_statistics(mean, logvar, key)
     files = [plot_statistics(stats, os.path.join(out_dir, "posterior_statistics.png"))]
     surgery = {name: analysis.elbo_surgery(jax.random.fold_in(key, i), test_mean, test_logvar, jax.jit(p.log_prob))

@@ -2,13 +2,12 @@
 
 Stage 1's evaluation, stage 2's held-out latents, sample.py's report, `vae.load` and the
 diagnostics must see the same images binarized the same way; `EvalData` is where that is
-decided, once. Every seed derives from config.seed:
+decided, once. Every stream derives from config.seed through `vae.rng`'s table:
 
-  validation / test images      binarized once with SEEDS["validation"] / SEEDS["test"]
-  training images, to encode    binarized once with SEEDS["train_latents"] (stage 2, report)
-  held-out latents              one draw z ~ q(z|x) per validation image, SEEDS["heldout_draw"]
-  stage 2's fits                key SEEDS["prior_fit"], folded with the prior's index
-  the ELBO's noise              key fold_in(key(seed), 2) (`elbo_key`)
+  validation / test images      binarized once by the streams 'validation' / 'test'
+  training images, to encode    binarized once by 'train_latents' (stage 2, report)
+  held-out latents              one draw z ~ q(z|x) per validation image, 'heldout_draw'
+  the ELBO's noise              'elbo_noise' (`elbo_key`)
 
 Also here: the ELBO evaluation itself (`make_elbo_fn`, `evaluate`) and the latent NLL of a
 prior, so that readers of a run never import a training module.
@@ -24,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vae import rng
 from vae.data import input_pipeline
 from vae.models import losses
 from vae.parallel import sharding
-
-SEEDS = {"validation": 1, "test": 2, "train_latents": 11, "heldout_draw": 12, "prior_fit": 13}  # + config.seed
 
 
 def make_elbo_fn(graphdef, config):
@@ -112,18 +110,18 @@ class EvalData:
         self._images = {}
 
     def seed(self, name: str) -> int:
-        return self.config.seed + SEEDS[name]
+        return rng.seed(self.config.seed, name)
 
     def key(self, name: str):
-        return jax.random.key(self.seed(name))
+        return rng.key(self.config.seed, name)
 
     @property
     def elbo_key(self):
-        return jax.random.fold_in(jax.random.key(self.config.seed), 2)
+        return rng.key(self.config.seed, "elbo_noise")
 
     def images(self, split: str, limit: int | None = None) -> np.ndarray:
         """The split's images as evaluation sees them: floats in [0, 1], binarized once by the
-        split's seed (the training split by SEEDS["train_latents"]); the first `limit` only
+        split's seed (the training split by the stream 'train_latents'); the first `limit` only
         if given (binarized as a set of that size)."""
         if (split, limit) not in self._images:
             seed = self.seed("train_latents" if split == "train" else split)

@@ -7,6 +7,7 @@ The features come from the classifier this codebase trains on the same dataset
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import jax
@@ -14,16 +15,47 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+log = logging.getLogger(__name__)
+
+SQRTM_EPS = 1e-6  # added to both covariances' diagonals when sqrtm of their product is not finite
+MAX_IMAGINARY = 1e-3  # largest |imaginary part| on the diagonal of sqrtm taken for rounding noise
+
 
 def frechet_distance(feats_a, feats_b) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussian fits (float64)."""
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if np.iscomplexobj(covmean):  # numerical noise from a near-singular product
-        covmean = covmean.real
+    covmean = _sqrtm_product(cov_a, cov_b)
     return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2.0 * covmean))
+
+
+def _sqrtm_product(cov_a, cov_b) -> np.ndarray:
+    """(cov_a cov_b)^(1/2), real, with pytorch-fid's safeguards.
+
+    A singular product (a constant or duplicated feature, fewer samples than features) may
+    have no square root that sqrtm finds (NaN): then SQRTM_EPS * I is added to both
+    covariances and the root taken again, with a warning. The root of a product of two covariances is
+    real; an imaginary part beyond MAX_IMAGINARY on its diagonal is not rounding noise and
+    raises a ValueError."""
+    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        log.warning("Fréchet distance: sqrtm of the product of the two %dx%d feature covariances is not finite "
+                    "(a singular product); adding %g * I to both covariances and retrying",
+                    cov_a.shape[0], cov_a.shape[1], SQRTM_EPS)
+        offset = SQRTM_EPS * np.eye(cov_a.shape[0])
+        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+        if not np.isfinite(covmean).all():
+            raise ValueError(f"Fréchet distance: sqrtm of the product of the feature covariances is not finite, "
+                             f"even with {SQRTM_EPS:g} * I added to both")
+    if np.iscomplexobj(covmean):  # rounding noise from a near-singular product
+        imaginary = np.max(np.abs(np.diagonal(covmean).imag))
+        if imaginary > MAX_IMAGINARY:
+            raise ValueError(f"Fréchet distance: sqrtm of the product of the feature covariances has an imaginary "
+                             f"diagonal component of {imaginary:.3g} (> {MAX_IMAGINARY:g}): not rounding noise; "
+                             "are the covariances positive semi-definite and finite?")
+        covmean = covmean.real
+    return covmean
 
 
 @jax.jit

@@ -1,0 +1,1 @@
+"""Experiment scripts (`python experiments/<name>.py`) and what they share (`summary`)."""

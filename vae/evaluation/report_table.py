@@ -1,0 +1,84 @@
+"""report.md: the comparison report's markdown, from its report.json dict.
+
+The table's columns are the density metrics, then every registered sample metric's
+(`vae.evaluation.sample_metrics`), then the hole rate and the VQ-VAE's code usage; a
+report shows the columns its priors have numbers for. `benchmarks/readme_results.py`
+builds README's results tables from the same `columns` and `cell`.
+"""
+
+from __future__ import annotations
+
+import priors
+from vae.evaluation import sample_metrics
+
+DENSITY_COLUMNS = [
+    ("nll_iwae", "nll_iwae[k] (nats)"), ("nll_iwae_bits_per_dim", "bits/dim"), ("elbo", "ELBO (nats)"),
+    ("latent_nll", "latent NLL (nats)"), ("marginal_kl", "marginal_kl (nats)"), ("mutual_info", "mutual_info (nats)"),
+]
+SUPPORT_COLUMNS = [
+    ("prior_hole_rate", "prior_hole_rate"), ("median_log_q", "median log q(z) of samples (nats)"),
+    ("sample_perplexity", "code perplexity of samples"), ("sample_codes_used", "codes used by samples"),
+]
+
+
+def all_columns() -> list[tuple[str, str]]:
+    """(key, header) of every column a report can have, in table order."""
+    return DENSITY_COLUMNS + sample_metrics.columns() + SUPPORT_COLUMNS
+
+
+def columns(report: dict) -> list[tuple[str, str]]:
+    """(key, header) of the columns this report has; a VQ-VAE's nll_iwae is the point-mass bound."""
+    first = next(iter(report["priors"].values()))
+    bound = "-log p(x\\|z_q) - log p(z_q) (nats)" if report.get("test_codes") else f"nll_iwae[{report['k']}] (nats)"
+    return [(k, bound if k == "nll_iwae" else h) for k, h in all_columns() if k in first]
+
+
+def cell(result: dict, key: str, digits: int = 4) -> str:
+    """One metric of one prior: its value, or mean ± sd when the report has several seeds."""
+    sd = result.get("sd", {}).get(key)
+    value = f"{result[key]:.{digits}g}"
+    return f"{value} ± {sd:.2g}" if sd is not None and len(result.get("per_seed", ())) > 1 else value
+
+
+def markdown_table(report: dict) -> str:
+    """report.md: what was compared, the priors' table, notes on its marks, where the time went."""
+    codes = report.get("test_codes")
+    cols = columns(report)
+    labels = (f"classifier test accuracy {report['classifier']['test_accuracy']:.4f}; data label entropy "
+              f"{report['data_labels']['label_entropy']:.3f} nats" if report["data_labels"] else
+              "no class labels, so no classifier-based metrics")
+    latents = (f"held-out latents (the validation half that did not set the threshold): hole rate "
+               f"{report['heldout_latent_hole_rate']:.3f}, median log q(z) {report['heldout_median_log_q']:.1f} nats"
+               if not codes else f"VQ-VAE: the test images' codes have perplexity {codes['perplexity']:.1f} and use "
+               f"{codes['codes_used']} codes; the posterior is a point mass, so the bound on -log p(x) needs no sampling")
+    lines = [
+        f"# {report['dataset']}: {'uniform over codes' if codes else 'N(0, I)'} vs learned priors",
+        "",
+        f"{report['n_samples']} samples per prior"
+        + (f"; mean ± sd over sample seeds {report['seeds']}" if len(report.get("seeds", [0])) > 1 else "")
+        + f"; FD and precision/recall on {report.get('n_compared', report['n_samples'])} generated vs as many "
+        f"real test images; metrics on the test split; {labels}; {latents}.",
+        "",
+        "| prior | " + " | ".join(h for _, h in cols) + " |",
+        "| --- |" + " --- |" * len(cols),
+    ]
+    for name, r in report["priors"].items():
+        mark = "*" if r.get("density") == "estimate" else ""
+        lines.append(f"| {name}{mark} | " + " | ".join(cell(r, k) for k, _ in cols) + " |")
+    if any(r.get("density") == "estimate" for r in report["priors"].values()):
+        lines += ["", "\\* this prior's log_prob is an estimate (diffusion: the probability-flow ODE), so "
+                  "nll_iwae, ELBO, latent NLL and marginal_kl under it are estimates, not bounds."]
+    joint = [n for n in report["priors"] if n not in priors.registry.names()]
+    if joint:
+        lines += ["", f"{', '.join(joint)}: the prior the VAE was trained with (config.vae.prior), in the ELBO from "
+                  "the first step; the others are N(0, I) and priors fitted afterwards to the frozen encoder."]
+    if set(report["priors"]) <= set(priors.registry.names(fit="none")):
+        lines += ["", "No learned prior is fitted in this workdir: fit one with "
+                  "`python train.py --config <config> --workdir <W> --config.stage=prior --config.prior.name=gmm,pixelcnn`."]
+    if report.get("timings_seconds"):
+        lines += ["", f"Where the {report['wall_seconds']:.0f} s went (wall seconds per stage, summed over priors):", "",
+                  "| stage | seconds | share |", "| --- | --- | --- |"]
+        lines += [f"| {stage} | {sec:.1f} | {sec / report['wall_seconds']:.0%} |"
+                  for stage, sec in report["timings_seconds"].items()]
+    lines += ["", f"Command: `{report['command']}`", ""]
+    return "\n".join(lines)

@@ -17,8 +17,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vae import cli
-from vae.train import stages
 from vae.errors import ConfigError
+from vae.train import stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, checkpoints, metrics, samples.")
@@ -31,7 +31,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir = _WORKDIR.value.rstrip("/")
-    if _FRESH.value and _CONFIG.value.train.get("distributed", False):
+    if _FRESH.value and _CONFIG.value.train.distributed:
         raise ConfigError("--fresh with config.train.distributed=True: every process would move the workdir; "
                           f"move {workdir} aside once, before launching the processes")
     if _FRESH.value and os.path.exists(workdir):

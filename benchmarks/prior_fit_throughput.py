@@ -3,7 +3,7 @@
   python benchmarks/prior_fit_throughput.py [--config configs/fashion_mnist.py] [--prior pixelcnn]
       [--latents 8192] [--epochs 2] [--steps_per_call N] [--xla_baseline]
 
-Times `vae.train.prior_stage.make_fit_chunk` (the jitted chunk of Adam steps fit_gradient runs,
+Times `vae.train.prior_fits.make_fit_chunk` (the jitted chunk of Adam steps fit_gradient runs,
 EMA included) on `--latents` latents of the config's latent shape, drawn from N(0, I) (speed
 does not depend on the values), `prior.steps_per_call` steps per call (0: one call per
 epoch, the accelerator setting), data-parallel over `train.num_devices` devices as train.py
@@ -29,20 +29,16 @@ import time
 import jax
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 from peak import describe, matmul_peak_gflops, no_compilation
 
 import priors
-import vae
-from vae import cli
-from vae.data import input_pipeline
-from vae.train import loop
-from vae import models
-from vae.train import optim
-from vae.train import prior_stage
+from vae import cli, models, xla_flags
+from vae.data import registry as data_registry
+from vae.data.batches import epoch_batch_indices
 from vae.parallel import sharding
+from vae.train import loop, optim, prior_fits
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py", "Experiment config file[:preset].")
+_CONFIG = cli.define_config_file("config", "configs/fashion_mnist.py", "Experiment config file[:preset].")
 _PRIOR = flags.DEFINE_string("prior", "pixelcnn", "A gradient-fitted prior of the registry.")
 _LATENTS = flags.DEFINE_integer("latents", 8192, "Latents per epoch.")
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "Timed epochs (after one untimed: compilation and warm-up).")
@@ -55,7 +51,7 @@ def time_fit(config, name, num_latents, epochs):
     """(steps/s, GFLOP per step, devices) of the prior's fit chunk."""
     pc = config.prior
     mesh = sharding.make_mesh(config.train.num_devices)  # as fit_priors: data-parallel over all devices (0)
-    latent_shape = models.latent_shape_from_config(config.vae, input_pipeline.IMAGE_SHAPES[config.data.name])
+    latent_shape = models.latent_shape_from_config(config.vae, data_registry.image_shape(config.data.name))
     if priors.registry.get(name).fit != "gradient":
         raise app.UsageError(f"--prior={name} is not fitted by gradient steps")
     prior = priors.build(name, latent_shape, pc)
@@ -64,16 +60,16 @@ def time_fit(config, name, num_latents, epochs):
         raise app.UsageError(f"--latents={num_latents} is fewer than one batch (prior.batch_size={pc.batch_size})")
     tx = optim.make_optimizer(pc, steps * (epochs + 1))
     key = jax.random.key(0)
-    train_chunk, _ = prior_stage.make_fit_chunk(config, name, prior, tx, key, mesh)
+    train_chunk, _ = prior_fits.make_fit_chunk(config, name, prior, tx, key, mesh)
     sharding.check_divisible(pc.batch_size, mesh, "prior.batch_size")
     # Placed as fit_gradient places them: the chunk returns the state replicated over the mesh,
     # and a state placed otherwise would make the second call compile again.
     rep = sharding.replicated(mesh)
-    state = sharding.put(prior_stage.init_fit_state(tx, nnx.state(prior)), rep)
+    state = sharding.put(prior_fits.init_fit_state(tx, nnx.state(prior)), rep)
     z = sharding.put(jax.random.normal(key, (num_latents, *latent_shape)), rep)
 
     def epoch(state, e):
-        batches = sharding.put(loop.epoch_batch_indices(jax.random.fold_in(key, e), 1, num_latents, pc.batch_size,
+        batches = sharding.put(epoch_batch_indices(jax.random.fold_in(key, e), 1, num_latents, pc.batch_size,
                                                         steps), rep)
         chunks = (batches[s] for s in loop.chunk_slices(steps, pc.steps_per_call))
         return loop.run_chunks(lambda st, b: train_chunk(st, z, b), state, chunks)  # as fit_gradient paces them
@@ -86,7 +82,7 @@ def time_fit(config, name, num_latents, epochs):
             state, metrics = epoch(state, e)
         jax.block_until_ready(metrics)
         steps_per_sec = epochs * steps / (time.perf_counter() - t0)
-    one = sharding.put(loop.epoch_batch_indices(key, 1, num_latents, pc.batch_size, 1), rep)
+    one = sharding.put(epoch_batch_indices(key, 1, num_latents, pc.batch_size, 1), rep)
     cost = train_chunk.lower(state, z, one).cost_analysis()  # before compilation: see train_throughput.py
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return steps_per_sec, cost["flops"] / 1e9, mesh.size
@@ -112,7 +108,7 @@ def main(argv):
     summary = (f"SUMMARY prior_fit_throughput prior={name} device={device.device_kind} "
                f"devices={devices}: {steps:.2f} steps/s")
     if _XLA_BASELINE.value:
-        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '').replace(vae.CPU_CONV_FLAG, '')} {XLA_DEFAULT}"}
+        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '').replace(xla_flags.CPU_CONV_FLAG, '')} {XLA_DEFAULT}"}
         argv_child = [a for a in sys.argv if not a.startswith("--xla_baseline")]
         out = subprocess.run([sys.executable, *argv_child], env=env, capture_output=True, text=True, check=True).stdout
         base = float(re.search(r"SUMMARY .*: ([\d.]+) steps/s", out).group(1))

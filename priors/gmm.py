@@ -16,6 +16,7 @@ from flax import nnx
 from priors import gaussians
 from priors.registry import Spec, register
 
+
 class GMMParam(nnx.Variable):
     """Fitted by EM, not by gradients (so never picked up by an nnx.Param filter)."""
 

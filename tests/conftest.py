@@ -22,6 +22,10 @@ import sys
 
 import pytest
 
+from vae import xla_flags
+
+xla_flags.apply_cpu_defaults()  # as the entry points do (vae.cli.run), before JAX's backend starts
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
@@ -134,9 +138,9 @@ def run_cli(args, env=None, prefix=()):
 def vae_state(workdir, config, kind="latest"):
     from flax import nnx
 
-    from vae.workdir import checkpoint
     from vae import models
     from vae.train import optim
+    from vae.workdir import checkpoint
 
     graphdef, params = nnx.split(models.create_vae(config))
     target = optim.init_state(optim.make_optimizer(config.train, 1), params)

@@ -1,36 +1,16 @@
-"""VAEs with learned latent priors: data, models, losses, training, checkpoints, analysis.
+"""VAEs with learned latent priors, in layers:
+
+  vae.data        datasets (a registry), their sources, splits and preprocessing
+  vae.models      encoder/decoder families (a registry), the VAE, likelihoods and bounds
+  vae.train       the stages: the VAE (stage 1), priors on its latents (stage 2), the fit loop
+  vae.workdir     everything a run keeps on disk
+  vae.evaluation  readers of a run: evaluation data, the report and its metrics, diagnostics
+  vae.parallel    devices and processes
+  vae.rng         every random stream of a run, by name
+Priors live in the top-level package `priors` (a registry too).
 
 In a notebook: `run = vae.load("runs/mnist")` (see vae.loading.Run).
-
-Importing `vae` sets one XLA:CPU default before JAX starts its backend (see
-`_xla_cpu_defaults`); a flag the user put in XLA_FLAGS wins.
 """
-
-import os
-from importlib import metadata
-
-# XLA:CPU (jaxlib 0.10) hands every convolution to its YNN library by default, which runs this
-# codebase's small-channel convolutions ~2x slower than XLA's Eigen path: measured on the
-# 2-core CPU (README "Performance"), the main job's conv VAE train step 6.6 -> 9.3 steps/s
-# and its PixelCNN fit 7.0 -> 9.7 steps/s. The flag leaves YNN's other fusions at their default.
-# Only CPU compilation reads it; GPU/TPU are unaffected.
-CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-_FLAG_SINCE = (0, 10, 2)  # the oldest jaxlib it was measured with; older ones may not know it (XLA aborts)
-
-
-def _xla_cpu_defaults() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    if CPU_CONV_FLAG.split("=")[0] in flags:
-        return  # the user's setting
-    try:
-        version = tuple(int(p) for p in metadata.version("jaxlib").split(".")[:3])
-    except (metadata.PackageNotFoundError, ValueError):
-        return
-    if version >= _FLAG_SINCE:
-        os.environ["XLA_FLAGS"] = f"{flags} {CPU_CONV_FLAG}".strip()
-
-
-_xla_cpu_defaults()
 
 
 def load(workdir: str, *, step: int | None = None, kind: str = "best", learned_priors: bool = True):

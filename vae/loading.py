@@ -14,11 +14,11 @@ import ml_collections
 import numpy as np
 
 import priors
-from vae.evaluation import evaluation_data
-from vae.data import input_pipeline
-from vae.models import losses
 from vae import models
 from vae import workdir as workdir_lib
+from vae.data import input_pipeline
+from vae.evaluation import evaluation_data
+from vae.models import losses
 
 
 @dataclasses.dataclass

@@ -18,11 +18,11 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from tests.conftest import MNIST_DIR, REPO
-from vae.workdir import checkpoint
-from vae.train import loop
-from vae.parallel import sharding
 from vae import workdir
+from vae.data.batches import epoch_batch_indices
 from vae.errors import ConfigError
+from vae.parallel import sharding
+from vae.workdir import checkpoint
 
 pytestmark = pytest.mark.usefixtures("mnist_dir")
 
@@ -180,7 +180,7 @@ def test_input_shards_cut_batches_the_same_for_any_process_count():
     np.testing.assert_array_equal(both[:, 5:], second + 50)  # process 1 holds shard 1 as its rows 0..49
     assert sorted(both[:, :5].ravel()) == list(range(50)) and sorted(both[:, 5:].ravel()) == list(range(50, 100))
     one = sharding.InputShards(1, 100, (0,)).batch_indices(key, 4, batch_size=10)
-    np.testing.assert_array_equal(one, loop.epoch_batch_indices(key, 4, 100, 10))  # one shard: the plain order
+    np.testing.assert_array_equal(one, epoch_batch_indices(key, 4, 100, 10))  # one shard: the plain order
 
 
 def test_input_shards_check_the_batch_and_count():

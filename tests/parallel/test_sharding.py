@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, mnist_config
-from vae.workdir import checkpoint
 from vae import models
-from vae.train import optim
-from vae.train import stages
+from vae.train import optim, stages
+from vae.workdir import checkpoint
 
 
 def trained_params(workdir, config):

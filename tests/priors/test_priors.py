@@ -14,10 +14,10 @@ from configs import base
 from priors import gmm as gmm_lib
 from priors import mixture
 from tests.conftest import read_metrics
-from vae.evaluation import evaluation_data
-from vae.train import prior_stage
 from vae import workdir as workdir_lib
 from vae.errors import PriorError
+from vae.evaluation import evaluation_data
+from vae.train import prior_fits, prior_stage
 
 
 def small(name, shape, **kw):
@@ -119,9 +119,9 @@ def test_fitting_recovers_a_known_density(name, tmp_path):
     (tmp_path / "priors").mkdir()
     wd, posteriors, key = workdir_lib.Workdir(str(tmp_path)), lambda i: (train, logvar), jax.random.key(2)
     if name == "gmm":
-        prior = prior_stage.fit_em(config, wd, name, prior, posteriors, held, key)
+        prior = prior_fits.fit_em(config, wd, name, prior, posteriors, held, key)
     else:
-        prior = prior_stage.fit_gradient(config, wd, name, prior, posteriors, len(train), held, key)
+        prior = prior_fits.fit_gradient(config, wd, name, prior, posteriors, len(train), held, key)
     nll = evaluation_data.latent_nll(prior, held)
     normal = evaluation_data.latent_nll(priors.StandardNormal((2,)), held)
     cov = np.cov(np.asarray(train).T)
@@ -207,7 +207,7 @@ def test_fit_keeps_the_best_epoch_stops_early_and_stays_stopped(tmp_path):
     config.prior.transformer.dropout = 0.1
     (tmp_path / "priors").mkdir()
     wd = workdir_lib.Workdir(str(tmp_path))
-    fit = lambda: prior_stage.fit_gradient(config, wd, "transformer", priors.build("transformer", (2,), config.prior),
+    fit = lambda: prior_fits.fit_gradient(config, wd, "transformer", priors.build("transformer", (2,), config.prior),
                                            lambda i: (train, jnp.full_like(train, -jnp.inf)), len(train), held,
                                            jax.random.key(2))
     prior = fit()
@@ -233,7 +233,7 @@ def test_a_train_state_saved_without_ema_resumes(tmp_path):
     config.prior.update(num_epochs=2, ema_decay=0.5)
     (tmp_path / "priors").mkdir()
     wd = workdir_lib.Workdir(str(tmp_path))
-    fit = lambda **kw: prior_stage.fit_gradient(config, wd, "made", priors.build("made", (2,), config.prior),
+    fit = lambda **kw: prior_fits.fit_gradient(config, wd, "made", priors.build("made", (2,), config.prior),
                                                 lambda i: (train, jnp.full_like(train, -jnp.inf)), len(train), held,
                                                 jax.random.key(2), **kw)
     fit(max_epochs_this_run=1)
@@ -292,7 +292,7 @@ def test_diffusion_fitted_to_a_mixture_matches_its_density_moments_and_modes(tmp
     config.prior.diffusion.update(hidden=128, num_blocks=2, ode_steps=25)
     config.prior.num_epochs = 15  # measured: 0.024 nats from the entropy at 25 epochs, 0.038 at 15, 0.052 at 10
     (tmp_path / "priors").mkdir()
-    prior = prior_stage.fit_gradient(config, workdir_lib.Workdir(str(tmp_path)), "diffusion",
+    prior = prior_fits.fit_gradient(config, workdir_lib.Workdir(str(tmp_path)), "diffusion",
                                      priors.build("diffusion", (2,), config.prior, seed=0),
                                      lambda i: (train, jnp.full_like(train, -jnp.inf)), len(train), held[:256],
                                      jax.random.key(2))

@@ -16,13 +16,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import (EPOCHS, REPO, assert_every_checkpoint_restores, assert_trees_equal, cli_args, mlp_config,
-                            read_metrics, run_cli, subprocess_env, trained_steps, vae_state, without_timing)
-from vae.workdir import checkpoint
-from vae.train import stages
+from tests.conftest import (
+    EPOCHS,
+    REPO,
+    assert_every_checkpoint_restores,
+    assert_trees_equal,
+    cli_args,
+    mlp_config,
+    read_metrics,
+    run_cli,
+    subprocess_env,
+    trained_steps,
+    vae_state,
+    without_timing,
+)
 from vae.errors import TrainingError
-from vae.workdir import Workdir
-
+from vae.train import stages
+from vae.workdir import Workdir, checkpoint
 
 # ----------------------------------------------------------------------------- kill and resume
 

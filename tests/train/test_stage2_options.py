@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import mlp_config, read_metrics
-from vae.evaluation import evaluation_data
-from vae.data import input_pipeline
-from vae.train import prior_stage
-from vae.train import stages
 from vae import workdir as workdir_lib
+from vae.data import input_pipeline
 from vae.errors import ConfigError, PriorError
+from vae.evaluation import evaluation_data
+from vae.train import prior_stage, stages
 
 
 def test_binarization_once_or_per_epoch(smoke_workdir):

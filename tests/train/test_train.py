@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import mnist_config, read_metrics, run_cli
-from vae.workdir import checkpoint
-from vae.train import stages
+from vae.data import idx
+from vae.data.batches import epoch_batch_indices
 from vae.errors import TrainingError
+from vae.train import stages
+from vae.workdir import checkpoint
 
 
 def test_smoke_run_writes_everything_and_improves(smoke_workdir):
@@ -35,7 +37,7 @@ def test_second_run_resumes_instead_of_starting_over(smoke_workdir, copy_of):
 def test_workdir_of_another_model_is_refused(smoke_workdir, copy_of):
     workdir = copy_of(smoke_workdir)
     config = mnist_config()
-    config.vae.latent_shape = (7, 7, 3)
+    config.vae.conv.latent_shape = (7, 7, 3)
     with pytest.raises(TrainingError, match=r"different model.*vae.latent_shape"):
         stages.train_and_evaluate(config, str(workdir))
 
@@ -43,7 +45,7 @@ def test_workdir_of_another_model_is_refused(smoke_workdir, copy_of):
 # The full bad-input matrix is in test_bad_input.py; these two are conv-config specific.
 @pytest.mark.parametrize("flag, message", [
     ("--config.data.idx_dir=/nonexistent/dir", "/nonexistent/dir"),
-    ("--config.vae.latent_shape=(8,8,2)", "does not fit the conv decoder"),
+    ("--config.vae.conv.latent_shape=(8,8,2)", "does not fit the conv decoder"),
 ])
 def test_cli_bad_input_is_one_clear_error(tmp_path, flag, message, mnist_dir):
     args = ["train.py", "--config", "configs/mnist.py:smoke", "--workdir", str(tmp_path / "w"),
@@ -75,13 +77,11 @@ def test_one_rolled_call_per_epoch_trains_the_same_steps_as_unrolled_chunks(mnis
     import jax
     from flax import nnx
 
-    from vae.data import input_pipeline
     from vae import models
-    from vae.train import optim
     from vae.parallel import sharding
-    from vae.train import vae_stage
+    from vae.train import optim, vae_stage
 
-    images = input_pipeline.read_idx_pair(*(os.path.join(mnist_dir, f"t10k-{k}-idx{d}-ubyte.gz")
+    images = idx.read_idx_pair(*(os.path.join(mnist_dir, f"t10k-{k}-idx{d}-ubyte.gz")
                                             for k, d in (("images", 3), ("labels", 1)))).images[:256]
     params = []
     for steps_per_call, unroll in ((2, True), (0, False)):
@@ -90,7 +90,7 @@ def test_one_rolled_call_per_epoch_trains_the_same_steps_as_unrolled_chunks(mnis
         graphdef, state = nnx.split(models.create_vae(config))
         tx = optim.make_optimizer(config.train, 8)
         fns = vae_stage.make_step_functions(graphdef, tx, config, sharding.make_mesh(1))
-        out, _ = fns.train_epoch(optim.init_state(tx, state), jax.device_put(images), jax.random.key(0), 0)
+        out, _ = fns.train_epoch(optim.init_state(tx, state), jax.device_put(images), 0, 0)
         assert int(out["step"]) == 8
         params.append(jax.tree.leaves(out["params"]))
     for a, b in zip(*params):
@@ -104,10 +104,8 @@ def test_one_rolled_call_per_epoch_fits_a_prior_the_same_as_unrolled_chunks():
     from flax import nnx
 
     import priors
-    from vae.train import loop
-    from vae.train import optim
-    from vae.train import prior_stage
     from vae.parallel import sharding
+    from vae.train import loop, optim, prior_fits
 
     z = jax.random.normal(jax.random.key(1), (256, 7, 7, 2))
     params = []
@@ -116,9 +114,9 @@ def test_one_rolled_call_per_epoch_fits_a_prior_the_same_as_unrolled_chunks():
         config.prior.update(batch_size=32, steps_per_call=steps_per_call, unroll=unroll)
         prior = priors.build("pixelcnn", (7, 7, 2), config.prior)
         tx = optim.make_optimizer(config.prior, 8)
-        chunk, _ = prior_stage.make_fit_chunk(config, "pixelcnn", prior, tx, jax.random.key(0), sharding.make_mesh(1))
-        state = prior_stage.init_fit_state(tx, nnx.state(prior))
-        batches = loop.epoch_batch_indices(jax.random.key(2), 0, 256, 32)
+        chunk, _ = prior_fits.make_fit_chunk(config, "pixelcnn", prior, tx, jax.random.key(0), sharding.make_mesh(1))
+        state = prior_fits.init_fit_state(tx, nnx.state(prior))
+        batches = epoch_batch_indices(jax.random.key(2), 0, 256, 32)
         for s in loop.chunk_slices(8, steps_per_call):
             state, _ = chunk(state, z, batches[s])
         assert int(state["step"]) == 8

@@ -25,11 +25,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from vae.train import loop
-from vae.parallel.multihost import multiprocess
+from vae.data.batches import epoch_batch_indices
 from vae.errors import ConfigError
+from vae.parallel.multihost import multiprocess
 
 DATA_AXIS = "data"
 log = logging.getLogger(__name__)
@@ -45,12 +46,12 @@ def initialize_distributed(train_config) -> None:
     this function reads), else from the cluster JAX detects (TPU pods, Slurm, Open MPI).
     `train.heartbeat_timeout_seconds`: how soon the others stop when a process is lost."""
     global _distributed_started
-    if not train_config.get("distributed", False) or _distributed_started:
+    if not train_config.distributed or _distributed_started:
         return
     env = os.environ
-    address = train_config.get("coordinator_address", "") or env.get("JAX_COORDINATOR_ADDRESS") or None
-    count = train_config.get("num_processes", 0) or int(env.get("JAX_NUM_PROCESSES", 0)) or None
-    index = train_config.get("process_id", -1)
+    address = train_config.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+    count = train_config.num_processes or int(env.get("JAX_NUM_PROCESSES", 0)) or None
+    index = train_config.process_id
     index = index if index >= 0 else (int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None)
     given = {"coordinator_address": address, "num_processes": count, "process_id": index}
     if None in given.values() and any(v is not None for v in given.values()):
@@ -58,7 +59,7 @@ def initialize_distributed(train_config) -> None:
                  ", ".join(k for k, v in given.items() if v is not None))
     try:
         jax.distributed.initialize(address, count, index,
-                                   heartbeat_timeout_seconds=train_config.get("heartbeat_timeout_seconds", 100))
+                                   heartbeat_timeout_seconds=train_config.heartbeat_timeout_seconds)
     except (ValueError, RuntimeError) as e:
         missing = [f"config.train.{k}" for k, v in given.items() if v is None]
         raise ConfigError(
@@ -159,17 +160,17 @@ class InputShards:
         permuted by fold_in(fold_in(key, epoch), j) and gives batch_size / count examples to
         every batch, this process's shards side by side."""
         if self.count == 1:
-            return loop.epoch_batch_indices(key, epoch, self.size, batch_size)
+            return epoch_batch_indices(key, epoch, self.size, batch_size)
         per_shard, steps = batch_size // self.count, self.steps_per_epoch(batch_size)
         epoch_key = jax.random.fold_in(key, epoch)
-        return jnp.concatenate([loop.epoch_batch_indices(epoch_key, j, self.size, per_shard, steps) + i * self.size
+        return jnp.concatenate([epoch_batch_indices(epoch_key, j, self.size, per_shard, steps) + i * self.size
                                 for i, j in enumerate(self.local)], axis=1)
 
 
 def input_shards(num_examples: int, train_config, field: str = "train.batch_size") -> InputShards:
     """How this process's share of an `num_examples` training split is cut (`train.input_shards`,
     0: one shard per process); checks that the batch divides over the shards."""
-    count = train_config.get("input_shards", 0) or jax.process_count()
+    count = train_config.input_shards or jax.process_count()
     procs = jax.process_count()
     batch = train_config.batch_size
     if count < 1 or count % procs:
@@ -189,7 +190,7 @@ def device_resident(config, train_images, mesh) -> bool:
     """Whether the uint8 training split lives on the devices (`train.data_placement`:
     'device', 'streamed', or 'auto': on the device when it takes under a quarter of the
     smallest device's memory). Several processes stream: each holds only its own shards."""
-    mode = config.train.get("data_placement", "auto")
+    mode = config.train.data_placement
     if multiprocess():
         if mode == "device":
             raise ConfigError("config.train.data_placement='device' cannot hold a split that is spread over "

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vae.workdir import checkpoint
-from vae.parallel.multihost import any_process
 from vae.errors import CheckpointError, Stopped, TrainingError
+from vae.parallel.multihost import any_process
+from vae.workdir import checkpoint
 
 log = logging.getLogger(__name__)
 _received: list[int] | None = None  # the active stop_on_signals list, if any
@@ -127,14 +127,6 @@ def prefetch(iterator, size: int = 2):
             yield queue.popleft()
     while queue:
         yield queue.popleft()
-
-
-def epoch_batch_indices(key, epoch: int, num_examples: int, batch_size: int, steps: int | None = None):
-    """(steps, batch_size) example indices of epoch `epoch`: a permutation by `fold_in(key,
-    epoch)`, cut into full batches (the rest is dropped)."""
-    steps = num_examples // batch_size if steps is None else steps
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-    return perm[: steps * batch_size].reshape(steps, batch_size)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -228,8 +220,13 @@ def fit(task: Task, state, *, max_epochs_this_run: int | None = None):
     step = start_step
     carried = _load_partial_epoch(task, start_step) if start_step % task.steps_per_epoch else None
     with stop_on_signals() as signals:
-        stopping = lambda: any_process(bool(signals))  # noqa: E731
-        signum = lambda: signals[0] if signals else signal.SIGTERM  # noqa: E731 - another process's signal
+
+        def stopping() -> bool:
+            return any_process(bool(signals))
+
+        def signum() -> int:  # SIGTERM when the signal reached another process
+            return signals[0] if signals else signal.SIGTERM
+
         for epoch in range(first_epoch, last_epoch):
             reason = task.converged() if task.converged else None
             if reason:

@@ -7,6 +7,10 @@ Session fixtures train once and are shared read-only (tests that change a run co
                  resume/bad-input tests to compare against
 Real MNIST comes from ../shared; CLI helpers run train.py/sample.py as real subprocesses.
 
+Two tiers: `python -m pytest -m "not slow"` for someone changing one module (no training run),
+and the whole suite. Every test that needs one of the session runs is marked slow here; a test
+that trains on its own is marked `@pytest.mark.slow` where it is defined.
+
 README's test command runs the suite on 2 pytest-xdist workers with `--dist loadgroup`:
 `pytest_collection_modifyitems` puts every test that needs one of these session fixtures, or
 a module-scoped fixture, in one group, so one worker builds each fixture once and the other
@@ -48,6 +52,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         names = item.fixturenames  # the whole closure: smoke_report brings smoke_workdir
         group = next((name for name in SHARED_FIXTURES if name in names), None)
+        if group is not None:  # a trained run: not for the quick tier
+            item.add_marker(pytest.mark.slow)
         if group is None and any(d[-1].scope == "module" for d in item._fixtureinfo.name2fixturedefs.values()):
             group = item.module.__name__
         if group is not None:

@@ -92,9 +92,14 @@ def test_command_on_a_spatial_latent_skips_2d_plots_with_a_log_line(smoke_workdi
         assert _is_real_png(tmp_path / name)
     on_disk = json.loads((tmp_path / "diagnostics.json").read_text())
     assert on_disk["statistics"]["num_dims"] == 98
-    normal = on_disk["elbo_surgery_test"]["standard_normal"]
-    assert normal["average_kl"] == pytest.approx(normal["mutual_info"] + normal["marginal_kl"])
-    assert set(on_disk["elbo_surgery_test"]) == {"standard_normal", "gmm", "pixelcnn", "transformer"}
+    surgery = on_disk["elbo_surgery_test"]
+    assert set(surgery) == {"standard_normal", "gmm", "pixelcnn", "transformer"}
+    normal, n_test = surgery["standard_normal"], 2000
+    # I(x; z) of the aggregate posterior over n images is at most log n; the learned priors,
+    # fitted to q(z), are closer to it than N(0, I) is.
+    assert 0 < normal["mutual_info"] <= np.log(n_test) + 1e-6
+    for name in ("gmm", "pixelcnn", "transformer"):
+        assert 0 < surgery[name]["marginal_kl"] < normal["marginal_kl"]
 
 
 def test_command_on_a_2d_latent_draws_the_maps(tmp_path, mnist_dir):
@@ -106,4 +111,6 @@ def test_command_on_a_2d_latent_draws_the_maps(tmp_path, mnist_dir):
     assert {"latent_map.png", "aggregate_posterior.png", "manifold.png"} <= set(result["files"])
     for name in result["files"]:
         assert _is_real_png(tmp_path / "w" / "diagnostics" / name)
-    assert 0 <= result["statistics"]["active_units"] <= 2
+    # A 2-D latent trained on MNIST uses both dimensions: the means vary far above the threshold.
+    var_of_mu = np.asarray(result["statistics"]["var_of_mu"])
+    assert result["statistics"]["active_units"] == int(np.sum(var_of_mu > diagnostics.ACTIVE_THRESHOLD)) == 2

@@ -1,9 +1,12 @@
 """Stage 2's explicit choices: which latents a prior is fitted to (`prior.latent_draws`,
 `prior.em_draws_per_image`) and how the training images are binarized (`prior.binarization`)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+import priors
 from tests.conftest import mlp_config, read_metrics
 from vae import workdir as workdir_lib
 from vae.data import input_pipeline
@@ -29,7 +32,10 @@ def test_binarization_once_or_per_epoch(smoke_workdir):
     assert abs(float(a.mean()) - float(np.asarray(once(0)[0]).mean())) < 0.05
 
 
-def test_non_default_choices_fit_and_change_the_prior(straight_run, copy_of):
+def test_non_default_choices_reach_the_fits(straight_run, copy_of, monkeypatch):
+    """latent_draws='once': every epoch of a gradient fit reads the latents of draw 0 (the
+    default reads draw e at epoch e); em_draws_per_image=2: EM reads draws 0 and 1 and fits twice
+    as many latents; binarization='per_epoch': each draw encodes its own binarization."""
     workdir = copy_of(straight_run)
     config = mlp_config()
     config.stage = "prior"
@@ -39,10 +45,30 @@ def test_non_default_choices_fit_and_change_the_prior(straight_run, copy_of):
     config.prior.em_draws_per_image = 2
     for name in ("made",):  # fitted with the defaults in straight_run: set aside to refit
         workdir_lib.Workdir(workdir).set_stale_prior_aside(name)
+
+    draws_read, em_latents = [], []
+    real_posteriors, gmm = prior_stage.training_posteriors, priors.registry.get("gmm")
+
+    def spy_posteriors(*args):
+        posteriors = real_posteriors(*args)
+
+        def read(index):
+            draws_read.append(index)
+            return posteriors(index)
+        return read
+
+    def spy_em(prior, key, z, section):
+        em_latents.append(len(z))
+        return gmm.em(prior, key, z, section)
+
+    monkeypatch.setattr(prior_stage, "training_posteriors", spy_posteriors)
+    monkeypatch.setitem(priors.registry._SPECS, "gmm", dataclasses.replace(gmm, em=spy_em))  # noqa: SLF001
     stages.train_and_evaluate(config, str(workdir))
+
+    epochs, num_train = config.prior.num_epochs, config.data.num_train
+    assert draws_read == [0] * epochs + [0, 1]  # MADE's epochs, then GMM's two draws
+    assert em_latents == [2 * num_train]
     records = {r["prior"]: r for r in read_metrics(workdir) if r.get("prior") and r["split"] == "validation"}
-    default = {r["prior"]: r for r in read_metrics(straight_run) if r.get("prior") and r["split"] == "validation"}
-    assert records["made"]["latent_nll/made"] != default["made"]["latent_nll/made"]
     assert records["gmm"]["latent_nll/gmm"] < records["gmm"]["latent_nll/standard_normal"]
 
 

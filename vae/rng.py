@@ -37,12 +37,11 @@ from __future__ import annotations
 
 import jax
 
-FOLD_IN = {
-    "vae_step": 0, "vae_epoch_order": 1, "elbo_noise": 2, "vae_grid": 3,  # root: config.seed
-    "samples": 0, "iwae": 1, "elbo_surgery": 2, "hole_threshold": 3, "heldout_draws": 4,  # root: sample seed
-    "hole_check": 5,
-}
-ROOT = ("classifier", "diagnostics")  # the root seed's own key
+RUN_FOLD_IN = {"vae_step": 0, "vae_epoch_order": 1, "elbo_noise": 2, "vae_grid": 3}  # root: config.seed
+REPORT_FOLD_IN = {"samples": 0, "iwae": 1, "elbo_surgery": 2, "hole_threshold": 3, "heldout_draws": 4,
+                  "hole_check": 5}  # root: a report's sample seed
+FOLD_IN = RUN_FOLD_IN | REPORT_FOLD_IN
+ROOT = ("classifier", "diagnostics")  # the root seed's own key (roots: a sample seed; diagnostics' --seed)
 SEED_OFFSET = {"validation": 1, "test": 2, "train_latents": 11, "heldout_draw": 12, "prior_fit": 13}
 # Inside one prior's fit (the key `fold_in(key(prior_fit), i)`): EM's draws of the training
 # latents and its own noise; a gradient fit's dropout and fit-loss noise (fold_in(., step)).

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 import priors
+from vae import rng
 from vae import workdir as workdir_lib
 from vae.data import input_pipeline
 from vae.data import registry as data_registry
@@ -55,7 +56,6 @@ from vae.models import losses, vq
 log = logging.getLogger(__name__)
 GRID = 64  # images per samples_<prior>.png
 # Keys of the report: for each sample seed s (sample.py --seeds), fold_in(key(s), offset).
-SEEDS = {"samples": 0, "iwae": 1, "elbo_surgery": 2, "hole_threshold": 3, "heldout_draws": 4}
 
 
 def _open(workdir: str):
@@ -153,7 +153,7 @@ def _write_samples(out_dir: str, name: str, z, images) -> None:
 def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000, k: int = 10, seeds=(0,),
             command: str | None = None) -> dict:
     """The report over sample seeds `seeds`: each seed draws its own latents, importance
-    samples and held-out draws (key(seed) folded with the stage's offset in SEEDS); every
+    samples and held-out draws (the report's streams of `vae.rng`, rooted at the seed); every
     metric is reported as the mean and sd over seeds. Grids and .npz hold the first seed's."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -166,7 +166,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     os.makedirs(out_dir, exist_ok=True)
 
     def key(name, seed=seeds[0]):
-        return jax.random.fold_in(jax.random.key(seed), SEEDS[name])
+        return rng.key(seed, name)
 
     # The splits as stage 1 evaluated them (the run's evaluation data).
     eval_data = evaluation_data.EvalData(config, dataset)
@@ -187,7 +187,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
             heldout = analysis.heldout_log_q(key("hole_threshold"), val_mean[:half], val_logvar[:half],
                                              train_mean, train_logvar)
             threshold = analysis.hole_threshold(heldout)
-            heldout_z, _ = analysis.sample_aggregate_posterior(key("heldout_draws"), val_mean[half:],
+            heldout_z, _ = analysis.sample_aggregate_posterior(key("hole_check"), val_mean[half:],
                                                                val_logvar[half:], 10000)
             heldout_hole_rate = analysis.prior_hole_rate(heldout_z, train_mean, train_logvar,
                                                          threshold)["prior_hole_rate"]

@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from vae.registry import Registry
+
 FIT_KINDS = ("gradient", "em", "none")
 LATENTS = ("continuous", "categorical")
 
@@ -49,22 +51,16 @@ class Spec:
             raise ValueError(f"prior {self.name!r}: an 'em' prior needs em=, and only it")
 
 
-_SPECS: dict[str, Spec] = {}
+def _unknown(name: str, known) -> KeyError:
+    return KeyError(f"{name!r} is not a registered prior; expected one of {known}")
 
 
-def register(spec: Spec) -> Spec:
-    if spec.name in _SPECS and _SPECS[spec.name] != spec:
-        raise ValueError(f"two priors are registered as {spec.name!r}")
-    _SPECS[spec.name] = spec
-    return spec
+_REGISTRY: Registry[Spec] = Registry("prior", _unknown)
+_SPECS = _REGISTRY.specs  # tests register a prior for one test with monkeypatch.setitem
+register = _REGISTRY.register
+get = _REGISTRY.get
 
 
 def names(fit: str | None = None, latents: str | None = None) -> tuple[str, ...]:
     """Registered prior names (those fitted as `fit`, over `latents`, if given), in registration order."""
-    return tuple(n for n, s in _SPECS.items() if (fit is None or s.fit == fit) and (latents is None or s.latents == latents))
-
-
-def get(name: str) -> Spec:
-    if name not in _SPECS:
-        raise KeyError(name)
-    return _SPECS[name]
+    return _REGISTRY.names(fit=fit, latents=latents)

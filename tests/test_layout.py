@@ -91,13 +91,13 @@ def test_layers_do_not_reach_up():
                                                           "vae.workdir"))}, module
         if module.startswith("vae.models"):
             assert not {d for d in below if d.startswith(("vae.train", "vae.evaluation", "vae.workdir"))}, module
-        if module.startswith("priors"):
-            assert not {d for d in deps if d.startswith("vae")}, module
+        if module.startswith("priors"):  # a prior never touches the VAE's code; the generic registry is no VAE code
+            assert not {d for d in deps if d.startswith("vae")} - {"vae.registry"}, module
 
 
 def test_vae_is_in_subpackages_and_tests_mirror_them():
     top = sorted(p.name for p in (REPO / "vae").glob("*.py"))
-    assert top == ["__init__.py", "cli.py", "errors.py", "loading.py", "rng.py", "xla_flags.py"], top
+    assert top == ["__init__.py", "cli.py", "errors.py", "loading.py", "registry.py", "rng.py", "xla_flags.py"], top
     for pkg in SUBPACKAGES:
         assert (REPO / "vae" / pkg / "__init__.py").exists(), pkg
         assert (REPO / "tests" / pkg).is_dir(), f"tests/{pkg} mirrors vae/{pkg}"
@@ -130,7 +130,8 @@ def test_importing_vae_changes_no_environment():
     import subprocess
     import sys
 
-    code = "import os; before = dict(os.environ); import vae, vae.models, vae.train.stages; print(before == dict(os.environ))"
+    code = ("import os; before = dict(os.environ); import vae, vae.models, vae.train.stages; "
+            "print(before == dict(os.environ))")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert out.stdout.strip() == "True", out.stderr[-2000:]

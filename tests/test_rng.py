@@ -2,6 +2,7 @@
 each stream for one purpose only."""
 
 import ast
+
 import jax
 import numpy as np
 import pytest

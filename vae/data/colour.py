@@ -10,17 +10,15 @@ from vae.data import colour_data, registry
 
 def load_tfds_prepared(name: str, data_dir: str | None):
     """Data our TFDS builder has prepared already, or None. No TensorFlow."""
-    import tensorflow_datasets as tfds
-
-    from vae.data import tfds_colour  # deferred: it imports tensorflow_datasets
+    from vae.data import (  # deferred: they import tensorflow_datasets
+        tfds_colour,
+        tfds_reading,
+    )
 
     try:
-        sources = tfds.data_source(tfds_colour.builder_name(name), data_dir=data_dir or None, download=False)
-        train, test = (tfds_colour.split_from_source(sources[k], colour_data.IMAGE_SHAPES[name])
-                       for k in ("train", "test"))
+        return tfds_reading.read_prepared(tfds_colour.builder_name(name), data_dir, colour_data.IMAGE_SHAPES[name])
     except Exception:  # not prepared: the next source
         return None
-    return train, test, f"TFDS {tfds_colour.builder_name(name)} ({data_dir or 'default dir'})"
 
 
 def download(name: str, data_dir: str | None):

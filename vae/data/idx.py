@@ -40,14 +40,6 @@ class Split:
         return len(self.labels)
 
 
-def split_from_source(source) -> Split:
-    """A Split from a `tfds.data_source` split (random access; no TensorFlow)."""
-    items = source.__getitems__(range(len(source)))
-    images = np.stack([np.asarray(it["image"], np.uint8) for it in items]).reshape(-1, *IMAGE_SHAPE)
-    labels = np.asarray([it["label"] for it in items], np.int32)
-    return Split(images, labels)
-
-
 def read_idx(path: str, expected_ndim: int | None = None) -> np.ndarray:
     """Reads one (optionally gzipped) IDX file, validating magic number, dims and size."""
     if not os.path.isfile(path):

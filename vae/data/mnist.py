@@ -41,17 +41,16 @@ def load_idx_dir(idx_dir: str) -> tuple[idx.Split | None, idx.Split, str]:
 
 def load_tfds_prepared(name: str, data_dir: str | None):
     """Data TFDS has prepared already (official builder or ours), or None. No TensorFlow."""
-    import tensorflow_datasets as tfds
-
-    from vae.data import tfds_idx  # deferred: it imports tensorflow_datasets
+    from vae.data import (  # deferred: they import tensorflow_datasets
+        tfds_idx,
+        tfds_reading,
+    )
 
     for builder_name in (name, tfds_idx.builder_name(name)):
         try:
-            sources = tfds.data_source(builder_name, data_dir=data_dir or None, download=False)
-            splits = {k: idx.split_from_source(sources[k]) for k in ("train", "test")}
+            return tfds_reading.read_prepared(builder_name, data_dir, idx.IMAGE_SHAPE)
         except Exception:  # not prepared, not registered, or needs TF: try the next one
             continue
-        return splits["train"], splits["test"], f"TFDS {builder_name} ({data_dir or 'default dir'})"
     return None
 
 

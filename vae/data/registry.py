@@ -22,6 +22,7 @@ import dataclasses
 from typing import Callable
 
 from vae.errors import DataError
+from vae.registry import Registry
 
 LOCAL_FIELDS = ("idx_dir", "local_dir")
 
@@ -52,29 +53,16 @@ class Spec:
         return self.image_shape[-1] == 3
 
 
-_SPECS: dict[str, Spec] = {}
+def _unknown(name: str, known) -> DataError:
+    return DataError(f"config.data.name={name!r} is not a known dataset; expected one of {known}")
 
 
-def register(spec: Spec) -> Spec:
-    if spec.name in _SPECS and _SPECS[spec.name] != spec:
-        raise ValueError(f"two datasets are registered as {spec.name!r}")
-    _SPECS[spec.name] = spec
-    return spec
-
-
-def unregister(name: str) -> None:
-    _SPECS.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    return tuple(_SPECS)
-
-
-def get(name: str) -> Spec:
-    """The dataset config.data.name names; a DataError listing the known ones otherwise."""
-    if name not in _SPECS:
-        raise DataError(f"config.data.name={name!r} is not a known dataset; expected one of {names()}")
-    return _SPECS[name]
+_REGISTRY: Registry[Spec] = Registry("dataset", _unknown)
+_SPECS = _REGISTRY.specs  # tests register one for a single test with monkeypatch.setitem
+register = _REGISTRY.register
+unregister = _REGISTRY.unregister
+names = _REGISTRY.names
+get = _REGISTRY.get
 
 
 def image_shape(name: str) -> tuple[int, int, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vae.data import tfds_reading
 from vae.data.colour_data import (
     CELEBA_ARCHIVE,
     CELEBA_DIR,
@@ -26,7 +27,6 @@ from vae.data.colour_data import (
     read_local,
     read_svhn_mat,
 )
-from vae.data.idx import Split
 from vae.errors import DataError
 
 
@@ -92,25 +92,12 @@ class LocalCelebA(_LocalBuilder):
 _BUILDERS = {"cifar10": LocalCifar10, "svhn_cropped": LocalSvhnCropped, "celeb_a": LocalCelebA}
 
 
-def split_from_source(source, shape) -> Split:
-    """A Split of (N, *shape) images from a `tfds.data_source` split (random access; no TensorFlow)."""
-    items = source.__getitems__(range(len(source)))
-    images = np.empty((len(items), *shape), np.uint8)
-    for i, it in enumerate(items):
-        images[i] = it["image"]
-    return Split(images, np.asarray([it["label"] for it in items], np.int32))
-
-
 def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None):
     """Prepares the ArrayRecord files (downloads unless `manual_dir` holds the canonical files)."""
-    builder = _BUILDERS[name](data_dir=data_dir or None, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return builder
+    return tfds_reading.prepare(_BUILDERS[name], data_dir, manual_dir)
 
 
 def prepare_and_load(name: str, data_dir: str | None = None, manual_dir: str | None = None):
     """(train, test, note) read back through `tfds.data_source` after preparing."""
     prepare(name, data_dir, manual_dir)
-    sources = tfds.data_source(builder_name(name), data_dir=data_dir or None, download=False)
-    train, test = (split_from_source(sources[s], IMAGE_SHAPES[name]) for s in ("train", "test"))
-    return train, test, f"TFDS {builder_name(name)} ({data_dir or 'default dir'})"
+    return tfds_reading.read_prepared(builder_name(name), data_dir, IMAGE_SHAPES[name])

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vae.data import idx
+from vae.data import idx, tfds_reading
 
 
 def builder_name(dataset: str) -> str:
@@ -84,14 +84,10 @@ _BUILDERS = {"mnist": IdxMnist, "fashion_mnist": IdxFashionMnist}
 
 def prepare(dataset: str, data_dir: str | None = None, manual_dir: str | None = None):
     """Prepares the ArrayRecord files (downloads unless `manual_dir` holds the IDX files)."""
-    builder = _BUILDERS[dataset](data_dir=data_dir or None, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return builder
+    return tfds_reading.prepare(_BUILDERS[dataset], data_dir, manual_dir)
 
 
 def prepare_and_load(dataset: str, data_dir: str | None = None, manual_dir: str | None = None):
     """(train, test, note) read back through `tfds.data_source` after preparing."""
     prepare(dataset, data_dir, manual_dir)
-    sources = tfds.data_source(builder_name(dataset), data_dir=data_dir or None, download=False)
-    train, test = (idx.split_from_source(sources[s]) for s in ("train", "test"))
-    return train, test, f"TFDS {builder_name(dataset)} ({data_dir or 'default dir'})"
+    return tfds_reading.read_prepared(builder_name(dataset), data_dir, idx.IMAGE_SHAPE)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vae.evaluation import metrics
+from vae.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,28 +37,30 @@ class SampleMetric:
     prepare: Callable[[np.ndarray], Any] | None = None  # real features -> state, once per report
 
 
-_REGISTRY: dict[str, SampleMetric] = {}
+def _unknown(name: str, known) -> KeyError:
+    return KeyError(f"{name!r} is not a registered sample metric; expected one of {known}")
+
+
+_REGISTRY: Registry[SampleMetric] = Registry("sample metric", _unknown)
 
 
 def register(metric: SampleMetric) -> SampleMetric:
     """Adds `metric` after those registered before it (its columns follow theirs)."""
-    if metric.name in _REGISTRY:
+    if metric.name in _REGISTRY.specs:
         raise ValueError(f"sample metric {metric.name!r} is already registered")
-    taken = {key for other in _REGISTRY.values() for key, _ in other.columns}
+    taken = {key for other in registered() for key, _ in other.columns}
     clash = taken & {key for key, _ in metric.columns}
     if clash:
         raise ValueError(f"sample metric {metric.name!r}: columns {sorted(clash)} belong to another metric")
-    _REGISTRY[metric.name] = metric
-    return metric
+    return _REGISTRY.register(metric)
 
 
-def unregister(name: str) -> None:
-    del _REGISTRY[name]
+unregister = _REGISTRY.unregister
 
 
 def registered() -> list[SampleMetric]:
     """Every registered metric, in registration order (the report's and the table's order)."""
-    return list(_REGISTRY.values())
+    return list(_REGISTRY.specs.values())
 
 
 def columns() -> list[tuple[str, str]]:

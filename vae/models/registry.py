@@ -21,6 +21,7 @@ import dataclasses
 from typing import Callable
 
 from vae.errors import ConfigError
+from vae.registry import Registry
 
 LATENTS = ("continuous", "categorical")
 
@@ -41,26 +42,13 @@ class Spec:
             raise ValueError(f"architecture {self.name!r}: latents={self.latents!r}; expected one of {LATENTS}")
 
 
-_SPECS: dict[str, Spec] = {}
+def _unknown(name: str, known) -> ConfigError:
+    return ConfigError(f"config.vae.arch={name!r} is unknown; expected one of {known}")
 
 
-def register(spec: Spec) -> Spec:
-    if spec.name in _SPECS and _SPECS[spec.name] != spec:
-        raise ValueError(f"two architectures are registered as {spec.name!r}")
-    _SPECS[spec.name] = spec
-    return spec
-
-
-def unregister(name: str) -> None:
-    _SPECS.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    return tuple(_SPECS)
-
-
-def get(name: str) -> Spec:
-    """The architecture config.vae.arch names; a ConfigError listing the known ones otherwise."""
-    if name not in _SPECS:
-        raise ConfigError(f"config.vae.arch={name!r} is unknown; expected one of {names()}")
-    return _SPECS[name]
+_REGISTRY: Registry[Spec] = Registry("architecture", _unknown)
+_SPECS = _REGISTRY.specs  # tests register one for a single test with monkeypatch.setitem
+register = _REGISTRY.register
+unregister = _REGISTRY.unregister
+names = _REGISTRY.names
+get = _REGISTRY.get

@@ -37,11 +37,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     # channel conditioning) on 8-bit colour; or name one of them.
     config.vae.likelihood = "auto"
     config.vae.logistic_mixtures = 10
-    # The prior stage 1 trains with: 'normal' (N(0, I)), 'vamp' (VampPrior: a mixture of the
+    # The prior stage 1 trains with: 'standard_normal' (N(0, I)), 'vamp' (VampPrior: a mixture of the
     # encoder's posteriors at vamp_components learned pseudo-inputs), or a gradient prior of
     # config.prior ('pixelcnn', 'transformer', 'made', 'realnvp') trained jointly in the ELBO
     # from the first step (sized by config.prior.<name>; the KL is then a one-sample estimate).
-    config.vae.prior = "normal"
+    config.vae.prior = "standard_normal"
     config.vae.vamp_components = 500
     for name in models.registry.names():
         config.vae[name] = ml_collections.ConfigDict(models.registry.get(name).config)

@@ -59,7 +59,7 @@ def recipe_config(base, recipe: str, seed: int, posthoc):
     config = base.copy_and_resolve_references()
     config.seed = seed
     if recipe == "two_stage":
-        config.vae.prior, config.stage, config.prior.name = "normal", "all", ",".join(posthoc)
+        config.vae.prior, config.stage, config.prior.name = "standard_normal", "all", ",".join(posthoc)
     elif recipe == "vamp" or recipe.startswith("joint_"):
         config.vae.prior, config.stage = recipe.removeprefix("joint_"), "vae"
         if config.vae.prior not in models.stage1_priors()[1:]:

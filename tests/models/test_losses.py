@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from priors import standard_normal
 from tests.conftest import mnist_config
 from vae import models
 from vae.data import input_pipeline
@@ -78,8 +79,8 @@ def test_iwae_under_several_priors_equals_each_alone(mnist_dir):
     x = jnp.asarray(input_pipeline.fixed_binarization(ds.test.images[:16], 0, True))
     wide = lambda z: losses.gaussian_log_prob(z, jnp.zeros_like(z), jnp.full_like(z, 1.0))
     key = jax.random.key(3)
-    together = model.iwae(x, key, k=20, log_prior=(losses.standard_normal_log_prob, wide))
-    for row, lp in enumerate((losses.standard_normal_log_prob, wide)):
+    together = model.iwae(x, key, k=20, log_prior=(standard_normal.log_prob, wide))
+    for row, lp in enumerate((standard_normal.log_prob, wide)):
         alone = model.iwae(x, key, k=20, log_prior=lp)
         for t, a in zip(together, alone):
             np.testing.assert_allclose(t[row], a, rtol=1e-5)

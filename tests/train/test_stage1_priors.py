@@ -14,11 +14,11 @@ from flax import nnx
 from priors.vamp import VampPrior
 from tests.conftest import mnist_config, read_metrics
 from vae import models
-from vae.models import losses
+from vae.models import losses, mlp
 
 
 def small_vamp(k=3, seed=0):
-    encoder = models.MLPEncoder((4, 4, 1), (8,), 2, rngs=nnx.Rngs(seed))
+    encoder = mlp.MLPEncoder((4, 4, 1), (8,), 2, rngs=nnx.Rngs(seed))
     return VampPrior(encoder, (4, 4, 1), (2,), k, rngs=nnx.Rngs(seed + 1))
 
 

@@ -139,7 +139,7 @@ def test_a_prior_trained_inside_the_vae_is_part_of_the_model(tmp_path):
     with pytest.raises(TrainingError, match=r"prior\.made\.hidden: \[.*\] in workdir, \[7\] now"):
         wd.check_resumable(config)
     config = mnist_config("mnist_mlp")  # back to N(0, I): the joint prior's absence is the difference
-    with pytest.raises(TrainingError, match="vae.prior: 'made' in workdir, 'normal' now"):
+    with pytest.raises(TrainingError, match="vae.prior: 'made' in workdir, 'standard_normal' now"):
         wd.check_resumable(config)
 
 

@@ -15,7 +15,7 @@ Bernoulli logits (binarized), a discretized logistic's mean and log-scale per ch
 grey), or a discretized logistic mixture over RGB with linearly conditioned channels (8-bit
 colour: 10 parameters per component).
 
-The prior stage 1 trains with (`config.vae.prior`): 'normal', N(0, I) with the analytic KL;
+The prior stage 1 trains with (`config.vae.prior`): 'standard_normal', N(0, I) with the analytic KL;
 'vamp', the VampPrior over this encoder (`priors.vamp`); or a registered gradient-fitted
 prior with an exact density ('pixelcnn', 'transformer', 'made', 'realnvp'), built from
 config.prior.<name> and trained jointly with the VAE, the KL then a single-sample estimate
@@ -32,7 +32,7 @@ from priors.vamp import VampPrior
 from vae.data import registry as data_registry
 from vae.errors import ConfigError
 from vae.models import conv, mlp, registry, resnet, vq  # noqa: F401 - the modules register their architectures
-from vae.models.gaussian_vae import VAE
+from vae.models.gaussian_vae import STANDARD_NORMAL, VAE
 
 LIKELIHOODS = ("bernoulli", "logistic", "logistic_mixture")
 # Mixed precision: layers compute in this dtype; parameters, the posterior and the decoder
@@ -93,9 +93,10 @@ def build_vae(config, image_shape, *, rngs: nnx.Rngs, compute_dtype: str = "floa
     latent_shape = latent_shape_from_config(vc, image_shape)
     likelihood = likelihood_from_config(config, image_shape[-1])
     out_channels = decoder_channels(likelihood, image_shape[-1], int(vc.logistic_mixtures))
-    if spec.latents == "categorical" and vc.prior != "normal":
+    if spec.latents == "categorical" and vc.prior != STANDARD_NORMAL:
         raise ConfigError(f"config.vae.prior={vc.prior!r}: a model of code maps trains with the uniform prior "
-                          "over codes; leave it 'normal' and fit learned priors to the codes in stage 2")
+                          f"over codes; leave it at {STANDARD_NORMAL!r} (the default) and fit learned priors to "
+                          "the codes in stage 2")
     built = spec.build(arch_section(vc), image_shape, latent_shape, likelihood, out_channels, rngs=rngs,
                        dtype=jnp.dtype(compute_dtype))
     if spec.latents == "categorical":
@@ -109,17 +110,17 @@ def stage1_priors() -> tuple[str, ...]:
     """What config.vae.prior may name: N(0, I), the VampPrior, or a registered prior fitted by
     gradient with an exact log-density (one that can sit in the ELBO)."""
     joint = [n for n in priors.registry.names(fit="gradient") if priors.registry.get(n).density == "exact"]
-    return ("normal", "vamp", *joint)
+    return (STANDARD_NORMAL, "vamp", *joint)
 
 
 def build_stage1_prior(config, name: str, encoder, image_shape, latent_shape, rngs):
-    """The learned prior config.vae.prior names (None for 'normal', N(0, I))."""
-    if name == "normal":
-        return None
+    """The prior config.vae.prior names: N(0, I) or a learned one."""
+    if name == STANDARD_NORMAL:
+        return priors.StandardNormal(latent_shape)
     if name == "vamp":
         return VampPrior(encoder, image_shape, latent_shape, int(config.vae.vamp_components), rngs=rngs)
     if name not in stage1_priors():
-        raise ConfigError(f"config.vae.prior={name!r}; expected one of {stage1_priors()}: 'normal', 'vamp' or a "
+        raise ConfigError(f"config.vae.prior={name!r}; expected one of {stage1_priors()}: N(0, I), 'vamp' or a "
                           "gradient-fitted prior with an exact log-density, trained jointly")
     section = config.prior.get(name)
     if section is None and priors.registry.get(name).config:

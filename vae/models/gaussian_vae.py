@@ -1,9 +1,10 @@
 """The VAE with a diagonal-Gaussian posterior that every 'continuous' architecture builds.
 
 q(z|x) = N(mean, exp(logvar)) from the encoder; the decoder returns raw parameters per pixel,
-which `vae.models.losses` turns into a likelihood. The prior it trains with is N(0, I) (`prior`
-None) or a learned one trained jointly (`vae.models.build_stage1_prior`), which then lives in
-the model and so in every checkpoint.
+which `vae.models.losses` turns into a likelihood. The prior it trains with (`prior`, named
+`prior_name` as in config.vae.prior) is N(0, I) (`priors.StandardNormal`, 'standard_normal',
+with the analytic KL) or a learned one trained jointly (`vae.models.build_stage1_prior`), which
+then lives in the model and so in every checkpoint.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from flax import nnx
 
 from vae.models import losses
 
+STANDARD_NORMAL = "standard_normal"  # config.vae.prior of N(0, I), as the prior registry names it
+
 
 class VAE(nnx.Module):
     """q(z|x) = N(mean, exp(logvar)), a decoder giving p(x|z)'s parameters, and the prior p(z)
-    it trains with: N(0, I) (`prior` None) or a learned one, trained jointly (`prior_name`)."""
+    it trains with (`prior`, `prior_name`)."""
 
     latents = "continuous"  # what priors it takes (`priors.registry.Spec.latents`); VQVAE: 'categorical'
     num_codes = None
 
-    def __init__(self, encoder, decoder, latent_shape, likelihood, prior=None, prior_name: str = "normal"):
+    def __init__(self, encoder, decoder, latent_shape, likelihood, prior, prior_name: str):
         self.encoder = encoder
         self.decoder = decoder
         self.latent_shape = tuple(latent_shape)
@@ -31,9 +34,14 @@ class VAE(nnx.Module):
         self.prior_name = prior_name
 
     @property
+    def learned_prior(self) -> bool:
+        """Whether the prior it trains with is learned (jointly), not N(0, I)."""
+        return self.prior_name != STANDARD_NORMAL
+
+    @property
     def joint_prior_label(self) -> str | None:
         """How reports name the prior trained with this VAE ('joint_<name>'); None for N(0, I)."""
-        return None if self.prior is None else f"joint_{self.prior_name}"
+        return f"joint_{self.prior_name}" if self.learned_prior else None
 
     def encode(self, x):
         """x: (B, H, W, C) in [0, 1] -> mean, logvar: (B, *latent_shape), float32."""
@@ -41,16 +49,17 @@ class VAE(nnx.Module):
 
     def log_prior(self, z):
         """log p(z) under the prior the VAE trains with -> (B,)."""
-        return losses.standard_normal_log_prob(z) if self.prior is None else self.prior.log_prob(z)
+        return self.prior.log_prob(z)
 
     def sample_prior(self, key, n: int):
-        return jax.random.normal(key, (n, *self.latent_shape)) if self.prior is None else self.prior.sample(key, n)
+        return self.prior.sample(key, n)
 
     def elbo(self, x, key, *, beta: float = 1.0, kl: str = "analytic"):
         """The ELBO terms (`losses.elbo`) of images x with one z ~ q(z|x) drawn from `key`; under
-        a learned prior the KL is the single-sample estimate at that z."""
+        a learned prior the KL is the single-sample estimate at that z (N(0, I)'s: analytic, or
+        `kl='mc'`)."""
         mean, logvar, z, out = self(x, key)
-        log_prior = None if self.prior is None else self.prior.log_prob
+        log_prior = self.prior.log_prob if self.learned_prior else None
         return losses.elbo(x, mean, logvar, z, out, self.likelihood, beta=beta, kl=kl, log_prior=log_prior)
 
     def train_terms(self, x, key, **kwargs):

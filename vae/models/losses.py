@@ -11,6 +11,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from priors import standard_normal
+
 LOG_2PI = math.log(2.0 * math.pi)
 NUM_LEVELS = 256  # 8-bit images
 
@@ -25,16 +27,12 @@ def gaussian_log_prob(z, mean, logvar):
     return _sum_event(-0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * jnp.exp(-logvar)))
 
 
-def standard_normal_log_prob(z):
-    return _sum_event(-0.5 * (LOG_2PI + z**2))
-
-
 def kl_standard_normal(mean, logvar):
     """Analytic KL(N(mean, exp(logvar)) || N(0, I)) -> (B,)."""
     return _sum_event(0.5 * (jnp.exp(logvar) + mean**2 - 1.0 - logvar))
 
 
-def kl_monte_carlo(z, mean, logvar, log_prior=standard_normal_log_prob):
+def kl_monte_carlo(z, mean, logvar, log_prior=standard_normal.log_prob):
     """Single-sample estimate log q(z|x) - log p(z) at z ~ q(z|x) -> (B,)."""
     return gaussian_log_prob(z, mean, logvar) - log_prior(z)
 
@@ -145,13 +143,13 @@ def elbo(x, mean, logvar, z, decoder_out, likelihood, *, beta=1.0, kl="analytic"
     if log_prior is None and kl == "analytic":
         kl_term = kl_standard_normal(mean, logvar)
     elif kl in ("analytic", "mc"):
-        kl_term = kl_monte_carlo(z, mean, logvar, log_prior or standard_normal_log_prob)
+        kl_term = kl_monte_carlo(z, mean, logvar, log_prior or standard_normal.log_prob)
     else:
         raise ValueError(f"unknown kl estimator {kl!r}; expected 'analytic' or 'mc'")
     return {"elbo": recon - kl_term, "recon": recon, "kl": kl_term, "loss": -(recon - beta * kl_term)}
 
 
-def iwae_bound(encode, decode, likelihood, x, key, *, k, log_prior=standard_normal_log_prob, chunk=None,
+def iwae_bound(encode, decode, likelihood, x, key, *, k, log_prior=standard_normal.log_prob, chunk=None,
                with_elbo=False):
     """log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) -> (B,) nats.
 

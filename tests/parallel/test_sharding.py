@@ -44,7 +44,7 @@ def test_streamed_batches_match_device_resident_data(tmp_path, mnist_dir):
 SHARDED_RUN = r"""
 import json, sys
 import jax, numpy as np
-from tests import test_sharding as t
+from tests.parallel import test_sharding as t
 from vae.train import stages
 from vae.errors import ConfigError
 out = {"devices": jax.device_count()}

@@ -38,7 +38,7 @@ def test_workdir_of_another_model_is_refused(smoke_workdir, copy_of):
     workdir = copy_of(smoke_workdir)
     config = mnist_config()
     config.vae.conv.latent_shape = (7, 7, 3)
-    with pytest.raises(TrainingError, match=r"different model.*vae.latent_shape"):
+    with pytest.raises(TrainingError, match=r"different model.*vae.conv.latent_shape"):
         stages.train_and_evaluate(config, str(workdir))
 
 

@@ -39,6 +39,7 @@ def test_no_compilation_catches_a_state_placed_otherwise_than_the_step_returns_i
         step(step(state)).block_until_ready()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU-sized run of the benchmark")
 def test_prior_fit_benchmark_compiles_its_chunk_once_with_one_call_per_epoch():
     """On 2 forced host devices, so the data-parallel placement train.py uses is the one timed."""

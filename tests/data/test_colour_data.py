@@ -271,6 +271,7 @@ def write_dataset(name, root, n_train=640, n_test=64):
         (root / "list_eval_partition.txt").write_text("".join(f"{f} {p}\n" for f, p in zip(names, parts)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_name, name", [("svhn", "svhn_cropped"), ("celeba64", "celeb_a")])
 def test_colour_smoke_config_trains_and_samples(config_name, name, tmp_path):
     """Each colour config's :smoke preset on files in the dataset's real format, read through
@@ -310,6 +311,7 @@ def test_colour_smoke_config_trains_and_samples(config_name, name, tmp_path):
         stages.check_config(config)
 
 
+@pytest.mark.slow
 def test_accelerator_script_smoke_runs_cifar10_end_to_end(tmp_path):
     """benchmarks/accelerator.py --smoke on CPU: configs/cifar10.py's smoke preset on CIFAR-format
     files, VAE, GMM and sample.py's report (its classifier on colour images), each stage timed."""

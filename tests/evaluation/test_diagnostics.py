@@ -102,6 +102,7 @@ def test_command_on_a_spatial_latent_skips_2d_plots_with_a_log_line(smoke_workdi
         assert 0 < surgery[name]["marginal_kl"] < normal["marginal_kl"]
 
 
+@pytest.mark.slow
 def test_command_on_a_2d_latent_draws_the_maps(tmp_path, mnist_dir):
     config = mnist_config("mnist_mlp")
     config.vae.mlp.latent_dim = 2

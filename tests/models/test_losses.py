@@ -44,6 +44,7 @@ def test_bernoulli_log_prob_matches_direct_formula():
     np.testing.assert_allclose(losses.bernoulli_log_prob(x, logits)[0], direct, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_iwae_is_above_elbo_and_grows_with_k(mnist_dir):
 
     config = mnist_config("mnist_mlp")
@@ -109,6 +110,7 @@ def pixel_log_probs(params):
         x[:, None, None, :], jnp.broadcast_to(params, (x.shape[0], 1, 1, params.shape[0]))))(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_scale", [-2.0, -6.0])  # broad, and sharper than a bin (the pdf fallback)
 def test_discretized_logistic_mixture_sums_to_one_over_every_rgb_value(log_scale):
     """One pixel, 3 components with coupled channels: P summed over all 256^3 colours is 1."""

@@ -98,6 +98,7 @@ def test_first_step_moves_every_code_to_the_data():
     assert np.all(np.linalg.norm(np.asarray(q.embedding[...]) - 10.0, axis=1) < 4.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CODE_PRIORS)
 def test_code_prior_is_causal(name):
     """Changing the code at position p changes the logits at every later position and at
@@ -113,6 +114,7 @@ def test_code_prior_is_causal(name):
     np.testing.assert_array_equal(moved, np.triu(np.ones((positions, positions), bool), k=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", (*CODE_PRIORS, "uniform"))
 def test_code_prior_sums_to_one_over_every_code_map(name):
     k = 3
@@ -122,6 +124,7 @@ def test_code_prior_sums_to_one_over_every_code_map(name):
     np.testing.assert_allclose(float(total), 0.0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,fast", [("pixelcnn_codes", "fast"), ("transformer_codes", "cached")])
 def test_fast_code_sampler_draws_what_the_naive_one_does(name, fast):
     prior = code_prior(name, (4, 3), k=6, seed=1)

@@ -87,6 +87,7 @@ def two_and_one(tmp_path_factory):
     return workdir.open(root / "two"), workdir.open(root / "one"), logs
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_parameters_of_one(two_and_one):
     two, one, logs = two_and_one
     vae_two, step_two, _ = two.restore_vae(kind="latest")
@@ -126,6 +127,7 @@ def wait_for_checkpoint(work, procs, past: int):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_lost_or_preempted_process_stops_both_and_a_relaunch_resumes(tmp_path):
     work = tmp_path / "run"
     # 4 epochs of 32 steps in chunks of 8: signals are honoured every 8 steps.

@@ -32,6 +32,7 @@ def small_config(**train):
     return config
 
 
+@pytest.mark.slow
 def test_streamed_batches_match_device_resident_data(tmp_path, mnist_dir):
     resident, streamed = small_config(data_placement="device"), small_config(data_placement="streamed")
     stages.train_and_evaluate(resident, str(tmp_path / "resident"))

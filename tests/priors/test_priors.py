@@ -32,6 +32,7 @@ def small(name, shape, **kw):
     ("transformer", (7, 7, 4), "default"), ("transformer", (3, 5, 2), "smoke"), ("transformer", (6,), "smoke"),
     ("made", (6,), "smoke"),
 ])
+@pytest.mark.slow
 def test_every_conditional_sees_every_earlier_element_and_nothing_else(name, shape, size):
     c = base.get_base_config()
     prior = priors.build(name, shape, (base.apply_smoke(c) if size == "smoke" else c).prior, seed=1)
@@ -65,6 +66,7 @@ def grid_mass(prior, lim=14.0, n=561):
     ("gmm", (2,), {"covariance": "full"}),
     ("gmm", (2,), {"covariance": "diag"}),
 ])
+@pytest.mark.slow
 def test_density_integrates_to_one(name, shape, kw):
     prior = small(name, shape, **kw)
     if name == "gmm":
@@ -108,6 +110,7 @@ def fit_config(name):
     return c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["made", "gmm", "transformer", "realnvp"])
 def test_fitting_recovers_a_known_density(name, tmp_path):
     train = mixture_data(jax.random.key(0), 20000)
@@ -153,6 +156,7 @@ def test_mixture_head_log_prob_matches_its_sampler():
     assert np.max(np.abs(sample_cdf - model_cdf)) < 0.008
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, fast", [("pixelcnn", "fast"), ("transformer", "cached")])
 def test_fast_and_naive_sampling_agree(name, fast):
     prior = small(name, (4, 4, 3))
@@ -199,6 +203,7 @@ def test_prior_for_another_latent_shape_is_refused(smoke_workdir):
         prior_stage.prior_names(ConfigDict(dict(name="gmm,flow")))
 
 
+@pytest.mark.slow
 def test_fit_keeps_the_best_epoch_stops_early_and_stays_stopped(tmp_path):
     """Held-out latents wider than the training ones: the held-out NLL gets worse once the fit
     sharpens on the training clusters, so the best epoch is an early one."""
@@ -261,6 +266,7 @@ def perturbed(name, shape, scale):
     return prior
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(3, 2), (5,)])
 def test_flow_log_det_is_the_jacobians_and_inverse_inverts(shape):
     prior = perturbed("realnvp", shape, 0.3)
@@ -286,6 +292,7 @@ def test_flow_density_integrates_to_one_and_its_samples_agree_with_it():
     assert -float(samples.mean()) == pytest.approx(entropy, abs=5 * float(samples.std()) / math.sqrt(20000))
 
 
+@pytest.mark.slow
 def test_diffusion_fitted_to_a_mixture_matches_its_density_moments_and_modes(tmp_path):
     """The diffusion prior through stage 2's fit (its denoising loss), on 4 Gaussians: its
     probability-flow log-density integrates to one, is within 0.1 nats of the true entropy on

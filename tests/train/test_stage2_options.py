@@ -88,6 +88,7 @@ def test_em_copies_of_the_means_are_refused():
         stages.check_config(config)
 
 
+@pytest.mark.slow
 def test_stage_two_waits_for_a_finished_vae(mnist_dir, tmp_path):
     config = mlp_config(**{"train.num_epochs": 2})
     config.stage = "all"

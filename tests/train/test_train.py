@@ -71,6 +71,7 @@ def test_accelerator_preset_changes_only_how_an_epoch_is_called(module):
         get_config("fast")
 
 
+@pytest.mark.slow
 def test_one_rolled_call_per_epoch_trains_the_same_steps_as_unrolled_chunks(mnist_dir):
     """The accelerator setting (steps_per_call=0, rolled) and the CPU one (chunks of 2,
     unrolled) run the same batches with the same keys: the same parameters after an epoch."""
@@ -97,6 +98,7 @@ def test_one_rolled_call_per_epoch_trains_the_same_steps_as_unrolled_chunks(mnis
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_one_rolled_call_per_epoch_fits_a_prior_the_same_as_unrolled_chunks():
     """The same for stage 2's gradient fit (the smoke PixelCNN, 8 steps). The latents are
     N(0, I) draws: the point is the known answer, identical parameters, not the density."""

@@ -2,8 +2,8 @@
 
 The table's columns are the density metrics, then every registered sample metric's
 (`vae.evaluation.sample_metrics`), then the hole rate and the VQ-VAE's code usage; a
-report shows the columns its priors have numbers for. `benchmarks/readme_results.py`
-builds README's results tables from the same `columns` and `cell`.
+report shows the columns its priors have numbers for. `docs/tables.py` builds the published
+results tables from the same `columns` and `cell`.
 """
 
 from __future__ import annotations

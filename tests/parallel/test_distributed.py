@@ -103,6 +103,7 @@ def test_two_processes_train_the_parameters_of_one(two_and_one):
             np.testing.assert_allclose(x, y, rtol=2e-4, atol=5e-5)
 
 
+@pytest.mark.slow  # its module fixture runs multi-device or multi-process training
 def test_each_process_reads_its_own_shard_and_one_writes(two_and_one):
     two, one, logs = two_and_one
     for i, log in enumerate(logs):

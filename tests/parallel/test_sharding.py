@@ -75,6 +75,7 @@ def sharded_results(tmp_path_factory, mnist_dir):
     return json.loads(line[len("RESULT"):])
 
 
+@pytest.mark.slow  # its module fixture runs multi-device or multi-process training
 def test_four_devices_give_the_parameters_of_one(sharded_results):
     assert sharded_results["devices"] == 4
     for name in ("four", "four_streamed"):
@@ -83,6 +84,7 @@ def test_four_devices_give_the_parameters_of_one(sharded_results):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow  # its module fixture runs multi-device or multi-process training
 def test_batch_not_divisible_by_device_count_is_a_clear_error(sharded_results):
     assert sharded_results["error"] == (
         "config.train.batch_size=62 is not divisible by the 4 devices the batch is split across; "

@@ -55,8 +55,9 @@ def table(rep: dict, keys: list[str] | None = None) -> str:
     seeds = f", mean ± sd over sample seeds {rep['seeds']}" if len(rep.get("seeds", [0])) > 1 else ""
     lines = [f"`{rep['command']}` at commit {commit} on {machine(rep)}: {rep['n_samples']} samples per prior{seeds}.",
              "", "| " + " | ".join(head) + " |", "| --- |" + " --- |" * (len(head) - 1)]
-    for name, r in rep["priors"].items():
-        cells = [f"{r[k]:.4f}" if k == "nll_iwae_bits_per_dim" else report_table.cell(r, k) for k, _ in columns]
+    for name, r in report_table.rows(rep):
+        cells = [f"{r[k]:.4f}" if k == "nll_iwae_bits_per_dim" and k in r else report_table.cell(r, k)
+                 for k, _ in columns]
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

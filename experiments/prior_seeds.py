@@ -9,9 +9,13 @@ metrics), the run's classifier, and priors fitted by stage 2 with --config.seed=
 (initialization, latent draws, batch order): a prior WORKDIR already holds for seed s is
 copied with its records, fit time included, not refitted. Each seed's `sample.py` report (sample seed s) gives the metrics.
 Writes OUT/summary.json and OUT/summary.md: per prior the mean ± sd over seeds of the held-out
-latent NLL (test split), nll_iwae, fd_classifier, precision and recall, its fitting time and
-its sampling time, and whether the best autoregressive prior beats the GMM on each metric by
-more than two standard deviations (the larger sd of the two). Reruns resume: fits are
+latent NLL (test split), nll_iwae, fd_classifier, precision and recall, the share of the
+N(0, I) -> q(z) gap it closes in FD and recall, its fitting time and its sampling time, and
+whether the best autoregressive prior beats the GMM on each metric by more than two standard
+deviations (the larger sd of the two). The reference rows (q(z), reconstruction) over seeds,
+and each prior against q(z): its FD as a multiple of q(z)'s, q(z)'s recall and precision minus
+its own, seed by seed. With --temperatures each report sweeps them (best T on validation) and
+the summary adds, per prior, the best T and the test numbers and gaps closed there. Reruns resume: fits are
 not redone, and a seed's report is reused while it is newer than the seed's metrics.jsonl.
 A rerun with another --priors name adds that prior to every seed directory, copied or
 fitted as above, and leaves the priors they hold as they are.
@@ -43,9 +47,13 @@ _PRIORS = flags.DEFINE_list("priors", None, "Priors to fit; default: config.prio
 _N = flags.DEFINE_integer("n", 10000, "Samples per prior in each report.", lower_bound=1)
 _K = flags.DEFINE_integer("k", 10, "Importance samples for nll_iwae.", lower_bound=1)
 _OUT = flags.DEFINE_string("out", None, "Output directory; default WORKDIR/prior_seeds.")
+_TEMPERATURES = flags.DEFINE_list("temperatures", [], "Sampling temperatures of each seed's report (sample.py "
+                                  "--temperatures); empty: temperature 1 only.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 METRICS = ("latent_nll", "nll_iwae", "fd_classifier", "precision", "recall")
+GAPS = ("gap_closed_fd_classifier", "gap_closed_recall")
+SAMPLE_METRICS = ("fd_classifier", "precision", "recall")
 LOWER_IS_BETTER = {"latent_nll": True, "nll_iwae": True, "fd_classifier": True, "precision": False, "recall": False}
 AUTOREGRESSIVE = ("pixelcnn", "transformer", "made")
 
@@ -122,9 +130,46 @@ def seed_report(wd, seed: int) -> dict:
         with open(path) as f:
             old = json.load(f)
         fitted_after = os.path.getmtime(wd.join("metrics.jsonl")) > os.path.getmtime(path)  # a fit logs there
-        if (old["n_samples"], old["k"], old.get("seeds")) == (_N.value, _K.value, [seed]) and not fitted_after:
+        temperatures = (old.get("temperatures") or {}).get("values", [])
+        same = (old["n_samples"], old["k"], old.get("seeds"), temperatures) == (_N.value, _K.value, [seed], _temperatures())
+        if same and not fitted_after:
             return old
-    return report.compare(wd.path, n_samples=_N.value, k=_K.value, seeds=(seed,), command=" ".join(sys.argv))
+    return report.compare(wd.path, n_samples=_N.value, k=_K.value, seeds=(seed,), command=" ".join(sys.argv),
+                          temperatures=_temperatures())
+
+
+def _temperatures() -> list[float]:
+    return [float(t) for t in _TEMPERATURES.value]
+
+
+def against_ceiling(reports: dict, seeds, name: str) -> dict:
+    """Prior `name` against the q(z) row of the same seed's report, over seeds: fd_ratio (its FD
+    over q(z)'s), recall_below and precision_below (q(z)'s minus its own); at T = 1, and at its
+    best temperature when the reports swept them."""
+    out = {}
+    rows = {"T=1": [reports[s]["priors"][name] for s in seeds]}
+    if all("temperatures" in reports[s] for s in seeds):
+        rows["best T"] = [reports[s]["temperatures"]["priors"][name]["at_best"] for s in seeds]
+    for label, prior_rows in rows.items():
+        ceilings = [reports[s]["references"]["q(z)"] for s in seeds]
+        out[label] = {
+            "fd_ratio": summary_lib.mean_sd(r["fd_classifier"] / c["fd_classifier"] for r, c in zip(prior_rows, ceilings)),
+            "recall_below": summary_lib.mean_sd(c["recall"] - r["recall"] for r, c in zip(prior_rows, ceilings)),
+            "precision_below": summary_lib.mean_sd(c["precision"] - r["precision"] for r, c in zip(prior_rows, ceilings)),
+        }
+    return out
+
+
+def at_best_temperature(reports: dict, seeds, name: str) -> dict | None:
+    """The best temperature (chosen on validation in each report) and the test numbers there, over seeds."""
+    if not all("temperatures" in reports[s] for s in seeds):
+        return None
+    curves = [reports[s]["temperatures"]["priors"][name] for s in seeds]
+    out = {"best_temperature": summary_lib.mean_sd(c["best_temperature"] for c in curves)}
+    for metric in SAMPLE_METRICS + GAPS:
+        if all(metric in c["at_best"] for c in curves):
+            out[metric] = summary_lib.mean_sd(c["at_best"][metric] for c in curves)
+    return out
 
 
 def verdicts(table: dict) -> list[dict]:
@@ -157,8 +202,27 @@ def markdown(summary: dict) -> str:
                   "| metric | best autoregressive | margin | 2 sd | met |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {v['metric']} | {v['best_autoregressive']} | {v['margin']:.4g} | {v['two_sd']:.2g} | "
                   f"{'yes' if v['beats_gmm_by_2_sd'] else 'no'} |" for v in summary["verdicts"]]
+    if summary.get("references"):
+        lines += ["", "Reference rows (decoded from validation images) and the gap each prior closes "
+                  "(0 at N(0, I), 1 at q(z)):", "", "| row | " + " | ".join(SAMPLE_METRICS) + " |",
+                  "| --- |" + " --- |" * len(SAMPLE_METRICS)]
+        lines += [f"| {name} | " + " | ".join(_mean_sd(row[m]) for m in SAMPLE_METRICS) + " |"
+                  for name, row in summary["references"].items()]
+        lines += ["", "| prior | FD gap closed | recall gap closed | FD / q(z)'s | q(z) recall − its | "
+                  "q(z) precision − its | best T | FD gap closed at best T | recall gap closed at best T |",
+                  "| --- |" + " --- |" * 8]
+        for name, row in summary["priors"].items():
+            ceiling, best = row.get("against_q_z", {}).get("T=1"), row.get("at_best_temperature")
+            cells = [_mean_sd(row[m]) if m in row else "-" for m in GAPS]
+            cells += [_mean_sd(ceiling[m]) for m in ("fd_ratio", "recall_below", "precision_below")] if ceiling else ["-"] * 3
+            cells += [_mean_sd(best[m]) if best and m in best else "-" for m in ("best_temperature", *GAPS)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{summary['command']}`", ""]
     return "\n".join(lines)
+
+
+def _mean_sd(stat: dict) -> str:
+    return f"{stat['mean']:.3g} ± {stat['sd']:.2g}"
 
 
 def main(argv):
@@ -187,11 +251,19 @@ def main(argv):
     table = {}
     for name in [n for n in reports[seeds[0]]["priors"] if all(n in reports[s]["priors"] for s in seeds)]:
         rows = [reports[s]["priors"][name] for s in seeds]
-        table[name] = {m: summary_lib.mean_sd(r[m] for r in rows) for m in METRICS}
+        table[name] = {m: summary_lib.mean_sd(r[m] for r in rows) for m in METRICS + GAPS if all(m in r for r in rows)}
         table[name]["sampling_seconds"] = summary_lib.mean_sd(r["sampling_seconds"] for r in rows)
         if fit_seconds.get(name):
             table[name]["fit_seconds"] = summary_lib.mean_sd(fit_seconds[name].values())
+        if all(reports[s].get("references") for s in seeds):
+            table[name]["against_q_z"] = against_ceiling(reports, seeds, name)
+        best = at_best_temperature(reports, seeds, name)
+        if best:
+            table[name]["at_best_temperature"] = best
+    references = {name: {m: summary_lib.mean_sd(reports[s]["references"][name][m] for s in seeds) for m in SAMPLE_METRICS}
+                  for name in (reports[seeds[0]].get("references") or {})}
     summary = {"dataset": reports[seeds[0]]["dataset"], "seeds": seeds, "priors": table, "verdicts": verdicts(table),
+               "references": references, "temperatures": _temperatures(),
                "n_samples": _N.value, "k": _K.value, "command": " ".join(sys.argv),
                "code": workdir_lib.code_version(), "vae": reports[seeds[0]]["vae"]}
     summary_lib.write_summary(out, summary, markdown(summary))

@@ -42,8 +42,11 @@ class Prior(Protocol):
         code maps: the log-probability of each map). Priors with a `dropout` option also take
         `dropout_key=` (stage 2 passes a fresh one per training step)."""
 
-    def sample(self, key: jax.Array, n: int) -> jax.Array:
-        """-> (n, *latent_shape)."""
+    def sample(self, key: jax.Array, n: int, *, temperature=1.0) -> jax.Array:
+        """-> (n, *latent_shape). `temperature` T (a float or a traced scalar) narrows (T < 1) or
+        widens the draws, one meaning per family: N(0, T² I); a Gaussian mixture's covariances
+        times T²; each mixture-of-logistics conditional's scales times T; a flow's base noise
+        times T; softmax(logits / T) over codes. T = 1 draws exactly what no temperature draws."""
 
 
 def build(name: str, latent_shape, prior_config=None, *, seed: int = 0, num_codes: int | None = None) -> Prior:

@@ -122,8 +122,8 @@ class Diffusion(nnx.Module):
         (y, total), _ = jax.lax.scan(rk4, (x, jnp.zeros(x.shape[0])), jnp.arange(self.ode_steps))
         return jnp.sum(jax.scipy.stats.norm.logpdf(y), axis=-1) + total
 
-    def sample(self, key, n: int):
-        """The reverse-time SDE from t = 1 to t_min, Euler-Maruyama."""
+    def sample(self, key, n: int, *, temperature=1.0):
+        """The reverse-time SDE from t = 1 to t_min, Euler-Maruyama, from z_1 ~ N(0, temperature² I)."""
         dt = (1.0 - self.t_min) / self.sample_steps
         key, k0 = jax.random.split(key)
 
@@ -136,7 +136,7 @@ class Diffusion(nnx.Module):
             noise = jax.random.normal(jax.random.fold_in(key, i), x.shape)
             return x + jnp.sqrt(b * dt) * noise * (i < self.sample_steps - 1), None
 
-        x, _ = jax.lax.scan(step, jax.random.normal(k0, (n, self.d)), jnp.arange(self.sample_steps))
+        x, _ = jax.lax.scan(step, temperature * jax.random.normal(k0, (n, self.d)), jnp.arange(self.sample_steps))
         return x.reshape(n, *self.latent_shape)
 
 

@@ -152,23 +152,24 @@ class GatedPixelCNN(nnx.Module):
 
     # ------------------------------------------------------------------ sampling
 
-    def sample(self, key, n: int, mode: str = "fast"):
+    def sample(self, key, n: int, mode: str = "fast", *, temperature=1.0):
+        """n maps drawn position by position; `temperature` as the subclass's `_fill` reads it."""
         if mode == "naive":
-            return self._sample_naive(key, n)
+            return self._sample_naive(key, n, temperature)
         if mode == "fast":
-            return self._sample_fast(key, n)
+            return self._sample_fast(key, n, temperature)
         raise ValueError(f"sampling mode {mode!r}; expected 'fast' or 'naive'")
 
-    def _sample_naive(self, key, n):
+    def _sample_naive(self, key, n, temperature):
         hgt, wid = self.latent_shape[:2]
 
         def body(e, z):
             i, j = jnp.divmod(e, wid)
-            return self._fill(self.features(z)[:, i, j], z, i, j, key)
+            return self._fill(self.features(z)[:, i, j], z, i, j, key, temperature)
 
         return jax.lax.fori_loop(0, hgt * wid, body, self._canvas(n))
 
-    def _sample_fast(self, key, n):
+    def _sample_fast(self, key, n, temperature):
         """Row by row, carrying for every layer only the window its causal kernel needs:
         the last kh-1 rows of each vertical layer's input, and within a row the last kw-1
         columns of each horizontal layer's input. The input convs read the input itself: the H
@@ -202,7 +203,7 @@ class GatedPixelCNN(nnx.Module):
                     cols = jnp.concatenate([h_prev[l], h], axis=2)
                     h_next.append(cols[:, :, 1:])
                     h = layer.horizontal_position(cols, jax.lax.dynamic_slice_in_dim(links[l + 1], j, 1, axis=2))
-                return self._fill(self.head.features(h)[:, 0, 0], z, i, j, key), h_next
+                return self._fill(self.head.features(h)[:, 0, 0], z, i, j, key, temperature), h_next
 
             h0 = [jnp.zeros((n, 1, kw - 1, f)) for _ in range(num_layers)]
             z, _ = jax.lax.fori_loop(0, wid, position, (z, h0))

@@ -53,10 +53,12 @@ class GMM(nnx.Module):
         x = z.reshape(z.shape[0], -1)
         return jax.nn.logsumexp(self.component_log_probs(x) + self.log_weights[...][None], axis=-1)
 
-    def sample(self, key, n: int):
+    def sample(self, key, n: int, *, temperature=1.0):
+        """A component by its weight, then its Gaussian with the covariance times temperature²
+        (the weights and means are kept: each component narrows around its mean)."""
         key_k, key_e = jax.random.split(key)
         k = jax.random.categorical(key_k, self.log_weights[...], shape=(n,))
-        eps = jax.random.normal(key_e, (n, self.means.shape[-1]))
+        eps = temperature * jax.random.normal(key_e, (n, self.means.shape[-1]))
         if self.covariance == "diag":
             x = self.means[...][k] + jnp.sqrt(self.scale[...][k]) * eps
         else:

@@ -57,11 +57,12 @@ class MADE(nnx.Module):
     def log_prob(self, z):
         return jnp.sum(mixture.log_prob(self.params(z), z), axis=-1)
 
-    def sample(self, key, n: int):
+    def sample(self, key, n: int, *, temperature=1.0):
+        """Element by element; each conditional's logistic scales times `temperature`."""
         d = self.latent_shape[0]
 
         def body(i, z):
-            value = mixture.sample(jax.random.fold_in(key, i), self.params(z)[:, i])
+            value = mixture.sample(jax.random.fold_in(key, i), self.params(z)[:, i], temperature)
             return z.at[:, i].set(value)
 
         return jax.lax.fori_loop(0, d, body, jnp.zeros((n, d)))

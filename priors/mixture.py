@@ -47,14 +47,19 @@ def log_prob(params, x):
     return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1) + log_component, axis=-1)
 
 
-def sample(key, params):
-    """One draw per element of params (..., 3K): component by its logits, then inverse CDF."""
+def sample(key, params, temperature=1.0):
+    """One draw per element of params (..., 3K): component by its logits, then inverse CDF.
+
+    At temperature T every component's logistic scale is multiplied by T and the mixture
+    weights are kept: each mode keeps its mass and narrows (T < 1) around its mean, so the
+    conditional's spread shrinks by T within modes but not between them."""
     logits, means, log_scales = _split(params)
     key_k, key_u = jax.random.split(key)
     k = jax.random.categorical(key_k, logits, axis=-1)
-    pick = lambda a: jnp.take_along_axis(a, k[..., None], axis=-1)[..., 0]
+    picked_means = jnp.take_along_axis(means, k[..., None], axis=-1)[..., 0]
+    picked_scales = jnp.exp(jnp.take_along_axis(log_scales, k[..., None], axis=-1)[..., 0])
     u = jax.random.uniform(key_u, k.shape, minval=1e-5, maxval=1.0 - 1e-5)
-    return pick(means) + jnp.exp(pick(log_scales)) * (jnp.log(u) - jnp.log1p(-u))
+    return picked_means + temperature * picked_scales * (jnp.log(u) - jnp.log1p(-u))
 
 
 class ChannelHead(nnx.Module):

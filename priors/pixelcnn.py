@@ -46,13 +46,14 @@ class PixelCNN(GatedPixelCNN):
     def log_prob(self, z, dropout_key=None):
         return jnp.sum(mixture.log_prob(self.params(z, dropout_key), z).reshape(z.shape[0], -1), axis=-1)
 
-    def _fill(self, feat, z, i, j, key):
-        """Draws position (i, j)'s channels in order from the features there (B, F)."""
+    def _fill(self, feat, z, i, j, key, temperature):
+        """Draws position (i, j)'s channels in order from the features there (B, F); each
+        channel's logistic scales times `temperature` (`mixture.sample`)."""
         _, wid, ch = self.latent_shape
 
         def channel(c, z):
             p = self.head(feat, z[:, i, j])[:, c]
-            return z.at[:, i, j, c].set(mixture.sample(jax.random.fold_in(key, (i * wid + j) * ch + c), p))
+            return z.at[:, i, j, c].set(mixture.sample(jax.random.fold_in(key, (i * wid + j) * ch + c), p, temperature))
 
         return jax.lax.fori_loop(0, ch, channel, z)
 
@@ -83,9 +84,10 @@ class CodePixelCNN(GatedPixelCNN):
     def log_prob(self, codes, dropout_key=None):
         return categorical_log_prob(self.logits(codes, dropout_key), codes)
 
-    def _fill(self, feat, codes, i, j, key):
+    def _fill(self, feat, codes, i, j, key, temperature):
+        """Draws position (i, j)'s code from softmax(logits / temperature)."""
         wid = self.latent_shape[1]
-        draw = jax.random.categorical(jax.random.fold_in(key, i * wid + j), self.head(feat), axis=-1)
+        draw = jax.random.categorical(jax.random.fold_in(key, i * wid + j), self.head(feat) / temperature, axis=-1)
         return codes.at[:, i, j].set(draw.astype(jnp.int32))
 
 

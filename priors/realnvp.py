@@ -97,8 +97,9 @@ class RealNVP(nnx.Module):
         u, log_det = self.forward(z)
         return jnp.sum(jax.scipy.stats.norm.logpdf(u), axis=-1) + log_det
 
-    def sample(self, key, n: int):
-        return self.inverse(jax.random.normal(key, (n, math.prod(self.latent_shape))))
+    def sample(self, key, n: int, *, temperature=1.0):
+        """The flow's inverse of base noise u ~ N(0, temperature² I) (Glow's temperature)."""
+        return self.inverse(temperature * jax.random.normal(key, (n, math.prod(self.latent_shape))))
 
 
 register(Spec(

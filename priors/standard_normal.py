@@ -27,8 +27,9 @@ class StandardNormal(nnx.Module):
     def log_prob(self, z):
         return log_prob(z)
 
-    def sample(self, key, n: int):
-        return jax.random.normal(key, (n, *self.latent_shape))
+    def sample(self, key, n: int, *, temperature=1.0):
+        """z ~ N(0, temperature² I)."""
+        return temperature * jax.random.normal(key, (n, *self.latent_shape))
 
 
 register(Spec(name="standard_normal", fit="none", build=lambda latent_shape, section, rngs: StandardNormal(latent_shape),

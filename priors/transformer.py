@@ -95,22 +95,23 @@ class CausalTransformer(nnx.Module):
             x = block(x, k)
         return self.head.features(self.ln_out(x))
 
-    def sample(self, key, n: int, mode: str = "cached"):
+    def sample(self, key, n: int, mode: str = "cached", *, temperature=1.0):
+        """n latents drawn position by position; `temperature` as `_draw_position` reads it."""
         if mode == "naive":
-            seq = self._sample_naive(key, n)
+            seq = self._sample_naive(key, n, temperature)
         elif mode == "cached":
-            seq = self._sample_cached(key, n)
+            seq = self._sample_cached(key, n, temperature)
         else:
             raise ValueError(f"sampling mode {mode!r}; expected 'cached' or 'naive'")
         return seq.reshape(n, *self.latent_shape)
 
-    def _sample_naive(self, key, n):
+    def _sample_naive(self, key, n, temperature):
         def body(t, seq):
-            return self._draw_position(self.trunk(seq)[:, t], seq, t, key)
+            return self._draw_position(self.trunk(seq)[:, t], seq, t, key, temperature)
 
         return jax.lax.fori_loop(0, self.positions, body, self._canvas(n))
 
-    def _sample_cached(self, key, n):
+    def _sample_cached(self, key, n, temperature):
         f = self.start.shape[0]
 
         def position(carry, t):
@@ -121,7 +122,7 @@ class CausalTransformer(nnx.Module):
             for block, cache in zip(self.blocks, caches):
                 x, cache = block.step(x, cache, t)
                 new_caches.append(cache)
-            return (self._draw_position(self.head.features(self.ln_out(x)), seq, t, key), new_caches), None
+            return (self._draw_position(self.head.features(self.ln_out(x)), seq, t, key, temperature), new_caches), None
 
         caches = [(jnp.zeros((n, self.positions, b.num_heads, f // b.num_heads)),) * 2 for b in self.blocks]
         (seq, _), _ = jax.lax.scan(position, (self._canvas(n), caches), jnp.arange(self.positions))
@@ -158,12 +159,13 @@ class Transformer(CausalTransformer):
         zs = self._sequence(z)
         return jnp.sum(mixture.log_prob(self.params(z, dropout_key), zs).reshape(z.shape[0], -1), axis=-1)
 
-    def _draw_position(self, features, zs, t, key):
-        """Position t's channels in order, from its features (B, F)."""
+    def _draw_position(self, features, zs, t, key, temperature):
+        """Position t's channels in order, from its features (B, F); each channel's logistic
+        scales times `temperature` (`mixture.sample`)."""
 
         def channel(c, zs):
             p = self.head(features, zs[:, t])[:, c]
-            return zs.at[:, t, c].set(mixture.sample(jax.random.fold_in(key, t * self.channels + c), p))
+            return zs.at[:, t, c].set(mixture.sample(jax.random.fold_in(key, t * self.channels + c), p, temperature))
 
         return jax.lax.fori_loop(0, self.channels, channel, zs)
 
@@ -191,8 +193,9 @@ class CodeTransformer(CausalTransformer):
     def log_prob(self, codes, dropout_key=None):
         return categorical_log_prob(self.logits(codes, dropout_key), codes.reshape(codes.shape[0], -1))
 
-    def _draw_position(self, features, seq, t, key):
-        draw = jax.random.categorical(jax.random.fold_in(key, t), self.head(features), axis=-1)
+    def _draw_position(self, features, seq, t, key, temperature):
+        """Position t's code from softmax(logits / temperature)."""
+        draw = jax.random.categorical(jax.random.fold_in(key, t), self.head(features) / temperature, axis=-1)
         return seq.at[:, t].set(draw.astype(jnp.int32))
 
 

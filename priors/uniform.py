@@ -19,7 +19,9 @@ class Uniform(nnx.Module):
     def log_prob(self, codes):
         return jnp.full((codes.shape[0],), -math.prod(self.latent_shape) * math.log(self.num_codes))
 
-    def sample(self, key, n: int):
+    def sample(self, key, n: int, *, temperature=1.0):
+        """Uniform codes; logits / temperature of equal logits are equal, so temperature does nothing."""
+        del temperature
         return jax.random.randint(key, (n, *self.latent_shape), 0, self.num_codes)
 
 

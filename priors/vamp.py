@@ -49,9 +49,11 @@ class VampPrior(nnx.Module):
         log_comp = gaussians.diag_log_probs_expanded(z.reshape(z.shape[0], -1), mean, logvar)  # (B, K)
         return jax.nn.logsumexp(log_comp, axis=-1) - math.log(mean.shape[0])
 
-    def sample(self, key, n: int):
+    def sample(self, key, n: int, *, temperature=1.0):
+        """A pseudo-input's posterior q(z|u_k), k uniform, with its standard deviation times temperature."""
         mean, logvar = self.components()
         key_k, key_eps = jax.random.split(key)
         k = jax.random.randint(key_k, (n,), 0, mean.shape[0])
-        z = mean[k] + jnp.exp(0.5 * logvar[k]) * jax.random.normal(key_eps, (n, mean.shape[-1]))
+        eps = temperature * jax.random.normal(key_eps, (n, mean.shape[-1]))
+        z = mean[k] + jnp.exp(0.5 * logvar[k]) * eps
         return z.reshape(n, *self.latent_shape)

@@ -82,11 +82,13 @@ SMOKE_REPORT_N = 500
 
 @pytest.fixture(scope="session")
 def smoke_report(smoke_workdir, tmp_path_factory):
-    """(out_dir, report) of sample.py's comparison on the smoke main job."""
+    """(out_dir, report) of sample.py's comparison on the smoke main job, with two temperatures
+    and the bound at k = 1 and 10 on 50 test images."""
     from vae.evaluation import report
 
     out = tmp_path_factory.mktemp("report")
-    return out, report.compare(str(smoke_workdir), str(out), n_samples=SMOKE_REPORT_N, k=10, command="test")
+    return out, report.compare(str(smoke_workdir), str(out), n_samples=SMOKE_REPORT_N, k=10, command="test",
+                               temperatures=(0.8, 1.0), k_values=(1, 10), k_images=50)
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ steps, epochs or batches inside it fold their index into that key.
   hole_threshold    fold_in(key(t), 3)       report: log q of half the validation latents
   heldout_draws     fold_in(key(t), 4)       report: one z ~ q(z|x) per test image (latent NLL)
   hole_check        fold_in(key(t), 5)       report: the other validation half's hole rate
+  references        fold_in(key(t), 6)       report: the q(z) row's draws from the validation
+                                             posteriors
+  k_sensitivity     fold_in(key(t), 7)       report: importance samples at each k, fold_in(., k)
   classifier        key(t)                   the report's feature classifier: batch order of
                                              epoch e, fold_in(., e)
   diagnostics       key(d)                   the diagnostics (their --seed d): prior i's ELBO
@@ -39,7 +42,7 @@ import jax
 
 RUN_FOLD_IN = {"vae_step": 0, "vae_epoch_order": 1, "elbo_noise": 2, "vae_grid": 3}  # root: config.seed
 REPORT_FOLD_IN = {"samples": 0, "iwae": 1, "elbo_surgery": 2, "hole_threshold": 3, "heldout_draws": 4,
-                  "hole_check": 5}  # root: a report's sample seed
+                  "hole_check": 5, "references": 6, "k_sensitivity": 7}  # root: a report's sample seed
 FOLD_IN = RUN_FOLD_IN | REPORT_FOLD_IN
 ROOT = ("classifier", "diagnostics")  # the root seed's own key (roots: a sample seed; diagnostics' --seed)
 SEED_OFFSET = {"validation": 1, "test": 2, "train_latents": 11, "heldout_draw": 12, "prior_fit": 13}

@@ -26,8 +26,8 @@ def test_writes_every_file(smoke_report):
         for key in ("nll_iwae", "elbo", "marginal_kl", "mutual_info", "fd_classifier", "precision", "recall",
                     "label_entropy", "class_frequencies", "prior_hole_rate", "median_log_q", "latent_nll"):
             assert key in r and np.all(np.isfinite(r[key]))
-    table = (out / "report.md").read_text().split("Where the")[0]  # the priors' table
-    assert table.count("\n| ") == 6  # header, rule, 4 priors
+    table = (out / "report.md").read_text().split("## Temperatures")[0]  # the priors' table
+    assert table.count("\n| ") == 8  # header, rule, 4 priors, 2 reference rows
     assert on_disk["n_compared"] == N  # FD and precision/recall: N generated vs N real test images
     assert "nll_iwae[10] (nats)" in table
 
@@ -84,7 +84,7 @@ def test_missing_or_foreign_workdir_is_a_clear_error(smoke_workdir, tmp_path, se
 def test_report_says_where_the_time_went(smoke_report):
     out, rep = smoke_report
     timings = rep["timings_seconds"]
-    for stage in ("encode train/validation/test", "classifier: train or load, features of the test images",
+    for stage in ("encode train/validation/test", "classifier: train or load", "classifier features of the test images",
                   "sample and decode", "nll_iwae[10] and ELBO on the test split", "prior hole rate (log q of the samples)"):
         assert timings[stage] > 0, stage
     assert sum(timings.values()) <= rep["wall_seconds"]

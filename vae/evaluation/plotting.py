@@ -1,4 +1,4 @@
-"""Image grids as PNG files.
+"""Image grids and the report's precision-recall figure as PNG files.
 
 No pyplot and no global backend here: files are written through an Agg canvas of their
 own, so importing this module leaves a notebook's inline backend alone.
@@ -48,6 +48,29 @@ def save_labelled_grids(grids: dict, path: str, ncol: int | None = None) -> str:
         ax.imshow(make_grid(images, ncol), cmap="gray", vmin=0.0, vmax=1.0)
         ax.set_title(title)
         ax.axis("off")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def save_precision_recall(curves: dict, points: dict, path: str) -> str:
+    """One precision-recall curve per prior over temperature, {name: (precisions, recalls,
+    temperatures)}, each point labelled with its T, and reference points {name: (p, r)}."""
+    fig = Figure(figsize=(6, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for name, (precision, recall, temperatures) in curves.items():
+        ax.plot(recall, precision, marker="o", label=name)
+        for p, r, t in zip(precision, recall, temperatures):
+            ax.annotate(f"{t:g}", (r, p), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    for name, (p, r) in points.items():
+        ax.plot([r], [p], marker="*", markersize=14, linestyle="none", label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("samples over temperature (test split; labels: T)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -22,15 +22,13 @@ the code perplexity and codes used by the samples (`report["test_codes"]`: the t
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import sys
 import time
-from typing import Any
 
 import jax
 import numpy as np
@@ -39,18 +37,17 @@ import priors
 from vae import rng
 from vae import workdir as workdir_lib
 from vae.data import input_pipeline
-from vae.data import registry as data_registry
 from vae.evaluation import (
     analysis,
     bounds,
-    classifier,
     evaluation_data,
-    metrics,
     plotting,
+    references,
     report_table,
-    sample_metrics,
     sampling,
+    scoring,
 )
+from vae.evaluation import temperatures as temperature_curves
 from vae.models import losses, vq
 
 log = logging.getLogger(__name__)
@@ -73,76 +70,6 @@ def _open(workdir: str):
     return wd, config, vae, fitted_to, fitted, input_pipeline.load_dataset(config.data)
 
 
-class Stopwatch:
-    """Wall seconds per stage of the report (summed over priors), in the order first seen.
-    Each timed block ends with its results on the host, so the device's work is counted."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str):
-        t0 = time.perf_counter()
-        yield
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
-
-
-def summarize(per_seed: list[dict]) -> dict:
-    """One prior's metrics over sample seeds: each number's mean (lists: elementwise), with
-    `sd` (sample standard deviation, ddof=1; 0 for one seed) and the `per_seed` values."""
-    out = {k: (np.mean([r[k] for r in per_seed], axis=0).tolist() if isinstance(v, list)
-               else float(np.mean([r[k] for r in per_seed])))
-           for k, v in per_seed[0].items()}
-    scalars = [k for k, v in per_seed[0].items() if not isinstance(v, list)]
-    out["sd"] = {k: float(np.std([r[k] for r in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in scalars}
-    out["per_seed"] = [{k: r[k] for k in scalars} for r in per_seed]
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class RealSide:
-    """The real images' half of the sample metrics, shared by every prior and seed."""
-    classifier: Any
-    test_accuracy: float
-    data_labels: dict  # label statistics of the test split's own labels
-    feats: np.ndarray  # classifier features of n_compared test images
-    registered: list  # the sample metrics registered when the report began, in order
-    prepared: dict  # metric name -> what its `prepare` made of `feats` (None without one)
-
-
-def real_side(wd, dataset, seed: int, n_compared: int, timed: Stopwatch) -> RealSide | None:
-    """The classifier (trained once per workdir), the real features and every sample metric's
-    real-side state; None for a dataset without labels to train the classifier on."""
-    if not data_registry.get(dataset.name).num_classes:
-        log.warning("%s has no class labels: no classifier, so no fd_classifier, precision/recall or label "
-                    "statistics in this report", dataset.name)
-        return None
-    with timed("classifier: train or load, features of the test images"):
-        clf, accuracy = classifier.load_or_train(wd.join("classifier"), dataset, seed=seed)
-        feats, _ = classifier.features_and_labels(clf, input_pipeline.to_float(dataset.test.images))
-    data_labels = metrics.label_stats(dataset.test.labels)
-    # A fixed subset of the test images (numpy's own seed, no report key): as many as generated ones.
-    feats = feats[np.random.default_rng(0).permutation(len(feats))[:n_compared]]
-    registered = sample_metrics.registered()
-    prepared = {}
-    for metric in registered:
-        with timed(f"sample metric {metric.name}"):
-            prepared[metric.name] = None if metric.prepare is None else metric.prepare(feats)
-    return RealSide(clf, accuracy, data_labels, feats, registered, prepared)
-
-
-def score_samples(real: RealSide, images, timed: Stopwatch) -> dict:
-    """Every registered sample metric of one prior's generated images, against the real side."""
-    with timed("classifier features of the samples"):
-        feats, predicted = classifier.features_and_labels(real.classifier, images)
-    generated = feats[: len(real.feats)]  # equal-size sets: as many generated images as real ones
-    scores = {}
-    for metric in real.registered:
-        with timed(f"sample metric {metric.name}"):
-            scores.update(metric.score(real.feats, generated, predicted, real.prepared[metric.name]))
-    return scores
-
-
 def _write_samples(out_dir: str, name: str, z, images) -> None:
     """samples_<name>.png (the first GRID images) and samples_<name>.npz (every latent and image)."""
     plotting.save_grid(images[:GRID], os.path.join(out_dir, f"samples_{name}.png"), ncol=8)
@@ -151,15 +78,17 @@ def _write_samples(out_dir: str, name: str, z, images) -> None:
 
 
 def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000, k: int = 10, seeds=(0,),
-            command: str | None = None) -> dict:
+            command: str | None = None, temperatures=None, k_values=None, k_images: int = 500) -> dict:
     """The report over sample seeds `seeds`: each seed draws its own latents, importance
     samples and held-out draws (the report's streams of `vae.rng`, rooted at the seed); every
-    metric is reported as the mean and sd over seeds. Grids and .npz hold the first seed's."""
+    metric is reported as the mean and sd over seeds. Grids and .npz hold the first seed's.
+    `temperatures` adds the temperature curves (`vae.evaluation.temperatures`), `k_values`
+    the bound's sensitivity to k on `k_images` test images (`bounds.k_sensitivity`)."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: expected distinct integers, got {seeds}")
     t_start = time.perf_counter()
-    timed = Stopwatch()
+    timed = scoring.Stopwatch()
     with timed("load VAE, priors, data"):
         wd, config, vae, fitted_to, fitted, dataset = _open(workdir)
     out_dir = out_dir or wd.join("report")
@@ -193,12 +122,24 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
                                                          threshold)["prior_hole_rate"]
     # Precision/recall and FD compare equal-size sets: as many generated images as real ones.
     n_compared = min(len(x_test), n_samples)
-    real = real_side(wd, dataset, seeds[0], n_compared, timed)
+    clf = scoring.load_classifier(wd, dataset, seeds[0], timed)
+    real = None if clf is None else scoring.real_side(clf[0], dataset.test.images, n_compared, timed)
     num_dims = math.prod(x_test.shape[1:])
 
     with timed(f"nll_iwae[{k}] and ELBO on the test split"):  # every prior from the same draws at once
         iwae = {seed: bounds.iwae_under_priors(vae, list(fitted.values()), x_test, key("iwae", seed), k)
                 for seed in seeds}
+
+    def score_images(r, z, images):
+        """The sample-side metrics of decoded latents z: code usage (VQ), sample metrics, hole rate."""
+        if not continuous:  # how much of the codebook the samples use, as the test codes do (report["test_codes"])
+            r.update({f"sample_{k_}": v for k_, v in vq.codebook_usage(z, vae.num_codes).items()})
+        if real is not None:
+            r.update(scoring.score_samples(real, images, timed))
+        if continuous:
+            with timed("prior hole rate (log q of the samples)"):
+                r.update(analysis.prior_hole_rate(z, train_mean, train_logvar, threshold))
+        return r
 
     def score(index, prior, seed):
         """(metrics, latents, images) of the index-th prior under one sample seed."""
@@ -216,33 +157,38 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
             with timed("ELBO surgery (log q over the test posteriors)"):
                 r.update(analysis.elbo_surgery(key("elbo_surgery", seed), test_mean, test_logvar,
                                                jax.jit(prior.log_prob), num_samples=min(n_samples, 10000)))
-        else:  # how much of the codebook the samples use, as the test codes do (report["test_codes"])
-            r.update({f"sample_{k_}": v for k_, v in vq.codebook_usage(z, vae.num_codes).items()})
-        if real is not None:
-            r.update(score_samples(real, images, timed))
-        if continuous:
-            with timed("prior hole rate (log q of the samples)"):
-                r.update(analysis.prior_hole_rate(z, train_mean, train_logvar, threshold))
+        score_images(r, z, images)
         r["sampling_seconds"] = sample_seconds
         if not config.data.binarize:
             r["nll_iwae_bits_per_dim"] = losses.bits_per_dim(r["nll_iwae"], num_dims)
         return r, z, images
 
-    results, grids = {}, {}
-    for index, (name, prior) in enumerate(fitted.items()):
-        log.info("prior %s", name)
-        per_seed = []
+    def score_reference(name, seed):
+        """(metrics, latents, images) of the reference row `name` (vae.evaluation.references)."""
+        with timed("reference rows: decode"):
+            z, images = references.images(vae, name, key("references", seed), val_mean, val_logvar, n_samples)
+        return score_images({}, z, images), z, images
+
+    per_seed, grids = {}, {}
+    rows = [(name, functools.partial(score, index, prior)) for index, (name, prior) in enumerate(fitted.items())]
+    rows += [(name, functools.partial(score_reference, name)) for name in references.names(continuous)]
+    for name, score_row in rows:
+        log.info("%s", name)
+        per_seed[name] = []
         for seed in seeds:
-            r, z, images = score(index, prior, seed)
-            per_seed.append(r)
+            r, z, images = score_row(seed)
+            per_seed[name].append(r)
             if seed == seeds[0]:
                 with timed("write sample grids and .npz"):
                     grids[name] = images[:GRID]
-                    _write_samples(out_dir, name, z, images)
+                    _write_samples(out_dir, name.replace("(", "").replace(")", ""), z, images)
             log.info("%s, seed %d: %s", name, seed, {k_: v for k_, v in r.items() if not isinstance(v, list)})
-        results[name] = summarize(per_seed)
-        # 'estimate': log_prob is not exact (a prior trained with the VAE has an exact one)
+    baseline = priors.BASELINES[vae.latents]
+    references.add_gaps_closed(per_seed, baseline)
+    results = {name: scoring.summarize(per_seed[name]) for name in fitted}
+    for name in fitted:  # 'estimate': log_prob is not exact (a prior trained with the VAE has an exact one)
         results[name]["density"] = priors.registry.get(name).density if name in priors.registry.names() else "exact"
+    reference_rows = {name: scoring.summarize(per_seed[name]) for name in references.names(continuous)}
 
     plotting.save_labelled_grids(grids, os.path.join(out_dir, "comparison.png"), ncol=8)
     report = {
@@ -255,12 +201,28 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "vae": {"arch": config.vae.arch, "latent_shape": list(vae.latent_shape), "likelihood": vae.likelihood,
                 "trained_with_prior": vae.prior_name, "workdir": wd.path, "checkpoint": fitted_to},
         "priors": results,
-        "data_labels": None if real is None else real.data_labels,
-        "classifier": {"test_accuracy": None if real is None else real.test_accuracy},
+        "references": reference_rows,  # q(z) (and the reconstructions), decoded from validation images
+        "baseline": baseline,  # the prior gap_closed_* starts from
+        "data_labels": None if real is None else scoring.label_statistics(dataset),
+        "classifier": {"test_accuracy": None if clf is None else clf[1]},
         "hole_threshold_log_q": threshold,
         "heldout_latent_hole_rate": heldout_hole_rate,
         "heldout_median_log_q": None if heldout is None else float(np.median(heldout)),
         "test_codes": None if continuous else vq.codebook_usage(test_mean, vae.num_codes),
+    }
+    if temperatures and real is not None:
+        validation = scoring.real_side(clf[0], dataset.validation.images, min(n_compared, len(val_mean)), timed,
+                                       "validation")
+        report["temperatures"] = temperature_curves.sweep(
+            vae, fitted, temperatures, seeds, lambda seed: key("samples", seed), n_samples, real, validation,
+            timed, per_seed, baseline)
+        points = {name: (r["precision"], r["recall"]) for name, r in reference_rows.items()}
+        plotting.save_precision_recall(temperature_curves.curves(report["temperatures"]), points,
+                                       os.path.join(out_dir, "precision_recall.png"))
+    if k_values:
+        with timed("nll_iwae against k"):
+            report["k_sensitivity"] = bounds.k_sensitivity(vae, fitted, x_test, key("k_sensitivity"), k_values, k_images)
+    report |= {
         "command": command or " ".join(sys.argv),
         "code": workdir_lib.code_version(),  # the code of this report, and of each training run:
         "training_runs": [{k: r[k] for k in ("stage", "code", "time")} for r in wd.invocations()],

@@ -1,20 +1,24 @@
 """report.md: the comparison report's markdown, from its report.json dict.
 
 The table's columns are the density metrics, then every registered sample metric's
-(`vae.evaluation.sample_metrics`), then the hole rate and the VQ-VAE's code usage; a
-report shows the columns its priors have numbers for. `docs/tables.py` builds the published
-results tables from the same `columns` and `cell`.
+(`vae.evaluation.sample_metrics`), the share of the baseline -> q(z) gap each prior closes,
+then the hole rate and the VQ-VAE's code usage; a report shows the columns its priors have
+numbers for. Its rows are the priors, then the reference rows (`vae.evaluation.references`),
+which have sample metrics only. `docs/tables.py` builds the published results tables from the
+same `columns`, `rows` and `cell`.
 """
 
 from __future__ import annotations
 
 import priors
-from vae.evaluation import sample_metrics
+from vae.evaluation import bounds, sample_metrics
+from vae.evaluation import temperatures as temperature_curves
 
 DENSITY_COLUMNS = [
     ("nll_iwae", "nll_iwae[k] (nats)"), ("nll_iwae_bits_per_dim", "bits/dim"), ("elbo", "ELBO (nats)"),
     ("latent_nll", "latent NLL (nats)"), ("marginal_kl", "marginal_kl (nats)"), ("mutual_info", "mutual_info (nats)"),
 ]
+GAP_COLUMNS = [("gap_closed_fd_classifier", "FD gap closed"), ("gap_closed_recall", "recall gap closed")]
 SUPPORT_COLUMNS = [
     ("prior_hole_rate", "prior_hole_rate"), ("median_log_q", "median log q(z) of samples (nats)"),
     ("sample_perplexity", "code perplexity of samples"), ("sample_codes_used", "codes used by samples"),
@@ -23,7 +27,7 @@ SUPPORT_COLUMNS = [
 
 def all_columns() -> list[tuple[str, str]]:
     """(key, header) of every column a report can have, in table order."""
-    return DENSITY_COLUMNS + sample_metrics.columns() + SUPPORT_COLUMNS
+    return DENSITY_COLUMNS + sample_metrics.columns() + GAP_COLUMNS + SUPPORT_COLUMNS
 
 
 def columns(report: dict) -> list[tuple[str, str]]:
@@ -33,8 +37,22 @@ def columns(report: dict) -> list[tuple[str, str]]:
     return [(k, bound if k == "nll_iwae" else h) for k, h in all_columns() if k in first]
 
 
+MARKS = {"estimate": "*", "bound": "†"}  # a prior's Spec.density -> its mark in the table
+REFERENCE_LABEL = "{} (reference)"
+
+
+def rows(report: dict) -> list[tuple[str, dict]]:
+    """(label, result) of every row: the priors (marked by their density kind), then the
+    reference rows (q(z), reconstruction) of a report that has them."""
+    out = [(name + MARKS.get(r.get("density"), ""), r) for name, r in report["priors"].items()]
+    return out + [(REFERENCE_LABEL.format(name), r) for name, r in (report.get("references") or {}).items()]
+
+
 def cell(result: dict, key: str, digits: int = 4) -> str:
-    """One metric of one prior: its value, or mean ± sd when the report has several seeds."""
+    """One metric of one row: its value, or mean ± sd when the report has several seeds; "—"
+    where the row has none (a reference row's density metrics)."""
+    if key not in result:
+        return "—"
     sd = result.get("sd", {}).get(key)
     value = f"{result[key]:.{digits}g}"
     return f"{value} ± {sd:.2g}" if sd is not None and len(result.get("per_seed", ())) > 1 else value
@@ -62,12 +80,21 @@ def markdown_table(report: dict) -> str:
         "| prior | " + " | ".join(h for _, h in cols) + " |",
         "| --- |" + " --- |" * len(cols),
     ]
-    for name, r in report["priors"].items():
-        mark = "*" if r.get("density") == "estimate" else ""
-        lines.append(f"| {name}{mark} | " + " | ".join(cell(r, k) for k, _ in cols) + " |")
-    if any(r.get("density") == "estimate" for r in report["priors"].values()):
-        lines += ["", "\\* this prior's log_prob is an estimate (diffusion: the probability-flow ODE), so "
+    for label, r in rows(report):
+        lines.append(f"| {label} | " + " | ".join(cell(r, k) for k, _ in cols) + " |")
+    densities = {r.get("density") for r in report["priors"].values()}
+    if "estimate" in densities:
+        lines += ["", "\\* this prior's log_prob is an estimate (e.g. a probability-flow ODE), so "
                   "nll_iwae, ELBO, latent NLL and marginal_kl under it are estimates, not bounds."]
+    if "bound" in densities:
+        lines += ["", "† this prior's log_prob is a lower bound on its log-density (diffusion: the variational "
+                  "bound), so its latent NLL is an upper bound on -log p(z), and its nll_iwae an upper bound on "
+                  "the nll_iwae under the exact density (in expectation over the bound's Monte-Carlo noise): "
+                  "still a bound on -log p(x), looser than the others' by the prior's own slack."]
+    if report.get("references"):
+        lines += ["", f"Reference rows, decoded from validation images: q(z) draws z ~ q(z|x) (what a perfect prior "
+                  f"would give with this decoder), reconstruction the posterior means. Gap closed: (baseline − prior) / "
+                  f"(baseline − q(z)) per sample seed, baseline {report['baseline']}: 0 at the baseline, 1 at q(z)."]
     joint = [n for n in report["priors"] if n not in priors.registry.names()]
     if joint:
         lines += ["", f"{', '.join(joint)}: the prior the VAE was trained with (config.vae.prior), in the ELBO from "
@@ -75,6 +102,10 @@ def markdown_table(report: dict) -> str:
     if set(report["priors"]) <= set(priors.registry.names(fit="none")):
         lines += ["", "No learned prior is fitted in this workdir: fit one with "
                   "`python train.py --config <config> --workdir <W> --config.stage=prior --config.prior.name=gmm,pixelcnn`."]
+    if report.get("temperatures"):
+        lines += temperature_curves.markdown(report["temperatures"])
+    if report.get("k_sensitivity"):
+        lines += bounds.k_sensitivity_markdown(report["k_sensitivity"])
     if report.get("timings_seconds"):
         lines += ["", f"Where the {report['wall_seconds']:.0f} s went (wall seconds per stage, summed over priors):", "",
                   "| stage | seconds | share |", "| --- | --- | --- |"]

@@ -19,8 +19,8 @@ from vae.models import losses
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n"))
-def _sample(state, key, *, graphdef, n):
-    return nnx.merge(graphdef, state).sample(key, n)
+def _sample(state, key, temperature, *, graphdef, n):
+    return nnx.merge(graphdef, state).sample(key, n, temperature=temperature)
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -29,10 +29,12 @@ def _decode(state, z, *, graphdef):
     return losses.decoder_mean(vae.likelihood, vae.decode(z))
 
 
-def draw_samples(prior, key, n: int, batch: int = 2000):
-    """n latents from `prior` under jit, `batch` at a time (bounded memory)."""
+def draw_samples(prior, key, n: int, temperature: float = 1.0, batch: int = 2000):
+    """n latents from `prior` at `temperature` under jit, `batch` at a time (bounded memory).
+    The temperature is traced: one compiled program serves every temperature."""
     graphdef, state = nnx.split(prior)
-    parts = [_sample(state, jax.random.fold_in(key, i), graphdef=graphdef, n=min(batch, n))
+    temperature = jnp.float32(temperature)
+    parts = [_sample(state, jax.random.fold_in(key, i), temperature, graphdef=graphdef, n=min(batch, n))
              for i in tqdm(range(0, n, batch), desc="sample", leave=False)]
     return jnp.concatenate(parts)[:n]
 

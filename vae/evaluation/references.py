@@ -1,0 +1,83 @@
+"""The report's reference rows, and how much of the gap to them each prior closes.
+
+A learned prior is judged against N(0, I) (or uniform codes) below it and against what any
+prior could reach with this decoder above it. The rows above:
+
+  q(z)            z ~ q(z|x), one draw per held-out (validation) image, decoded: the samples
+                  of a perfect prior, one equal to the aggregate posterior of held-out images.
+                  When more samples are asked for than there are validation images, image
+                  i mod n_val gives draw i (still independent draws from that mixture).
+  reconstruction  the decoder's mean at each validation image's posterior mean, one per image
+                  (at most n_val of them: repeating an image would shrink the k-NN manifold
+                  recall is measured with).
+
+Both are decoded from validation images, never test ones: the sample metrics compare against
+real test images, and a reconstruction of the very image it is compared with would flatter
+the row. A VQ-VAE's posterior is a point mass, so its q(z) draw is the code map itself and
+equals the reconstruction: its report has the q(z) row only.
+
+`gap_closed(baseline, prior, reference)` = (m_baseline - m_prior) / (m_baseline - m_reference):
+0 at the baseline prior, 1 at q(z), negative when a prior is worse than the baseline. The
+report takes it per sample seed for fd_classifier and recall (`GAP_METRICS`).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from vae.evaluation import evaluation_data, sampling
+
+Q_Z, RECONSTRUCTION = "q(z)", "reconstruction"
+GAP_METRICS = ("fd_classifier", "recall")  # lower FD and higher recall are better: one formula serves both
+
+
+def names(continuous: bool) -> tuple[str, ...]:
+    """The reference rows of a report on continuous (Gaussian-posterior) or categorical latents."""
+    return (Q_Z, RECONSTRUCTION) if continuous else (Q_Z,)
+
+
+def aggregate_posterior_draws(key, mean, logvar, n: int):
+    """n latents from the aggregate posterior of the encoded images (mean, logvar): draw i from
+    q(z|x_{i mod N}). With logvar None (a point-mass posterior): the first min(n, N) codes."""
+    if logvar is None:
+        return mean[:n]
+    index = jnp.arange(n) % len(mean)
+    return evaluation_data.draw_latents(key, mean[index], logvar[index])
+
+
+def latents(name: str, key, mean, logvar, n: int):
+    """The latents the reference row `name` decodes, from validation posteriors (mean, logvar)."""
+    if name == Q_Z:
+        return aggregate_posterior_draws(key, mean, logvar, n)
+    if name == RECONSTRUCTION:
+        return mean[:n]
+    raise ValueError(f"unknown reference row {name!r}; expected one of {(Q_Z, RECONSTRUCTION)}")
+
+
+def images(vae, name: str, key, mean, logvar, n: int):
+    """(latents, decoded images) of the reference row `name`."""
+    z = latents(name, key, mean, logvar, n)
+    return z, sampling.decode_images(vae, z)
+
+
+def gap_closed(baseline: float, prior: float, reference: float) -> float:
+    """The fraction of the baseline -> reference gap the prior closes (NaN if there is no gap)."""
+    gap = baseline - reference
+    return float((baseline - prior) / gap) if gap != 0 else float("nan")
+
+
+def add_gaps_closed(per_seed: dict, baseline: str) -> None:
+    """Adds gap_closed_<metric> for every GAP_METRICS metric to each prior's per-seed results
+    {prior: [result per seed]} (in place), against the baseline prior and the q(z) row of the
+    same seed. Does nothing without the baseline, the q(z) row or the metric (no classifier)."""
+    if baseline not in per_seed or Q_Z not in per_seed:
+        return
+    for name, runs in per_seed.items():
+        if name in (Q_Z, RECONSTRUCTION):
+            continue
+        for seed_index, r in enumerate(runs):
+            base, ceiling = per_seed[baseline][seed_index], per_seed[Q_Z][seed_index]
+            for metric in GAP_METRICS:
+                if metric in r:
+                    r[f"gap_closed_{metric}"] = gap_closed(base[metric], r[metric], ceiling[metric])
+

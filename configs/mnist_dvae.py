@@ -2,7 +2,8 @@
 around a categorical posterior over 256 codes (code_dim 16) per position of a 7x7 map;
 dynamically binarized, Bernoulli decoder. Trained through the Gumbel-softmax relaxation, tau
 annealed 1 -> 1/4 over 1000 steps (of ~1650: 30 epochs of 55), the KL's weight 0 -> 1 over the
-first 500. Stage 2 fits the categorical PixelCNN and transformer to the argmax codes; sample.py
+first 500. Stage 2 fits the categorical PixelCNN and transformer to code maps drawn from q(c|x)
+(the aggregate posterior, a fresh draw per image each epoch); sample.py
 compares them with the uniform prior the dVAE trained with, by an IWAE bound over codes sampled
 from q(c|x).
 

@@ -3,8 +3,9 @@
 Unit tests of the relaxation (what is true of Gumbel-softmax samples at low and high
 temperature), of the KL to the uniform prior, of the schedules and of the bounds: on a tiny
 dVAE whose 4^4 code maps can be enumerated, the sampled ELBO and IWAE bounds are checked
-against the exact ELBO and log p(x). Then the smoke dVAE on real MNIST, through stage 2's
-code prior and the report's bound.
+against the exact ELBO and log p(x); the posterior draws stage 2 fits follow q(c|x). Then the
+smoke dVAE on real MNIST, through stage 2's code prior and the report's bound (stage 2's draws
+and the report's columns: tests/train/test_dvae_priors.py).
 """
 
 import itertools
@@ -188,6 +189,26 @@ def test_iwae_of_one_prior_is_that_row_of_several(enumerated):
     assert many[0].shape == (2, 3) and one[0].shape == (3,)
     np.testing.assert_allclose(one[0], many[0][1], rtol=1e-6)
     np.testing.assert_allclose(one[1], many[1][1], rtol=1e-6)
+
+
+def test_posterior_draws_follow_q_whatever_the_batching():
+    """`evaluation_data.posterior_draws` (what stage 2 fits a dVAE's priors to): row r draws with
+    fold_in(key, r), in any batch; over many rows of the same image, each position's code
+    frequencies are softmax(logits) within 4 sd."""
+    from vae.evaluation import evaluation_data
+
+    model, n, key = tiny_dvae(), 3000, jax.random.key(0)
+    x = np.asarray(jax.random.uniform(jax.random.key(5), (3, 8, 8, 1)) < 0.4, np.float32)
+    tiled = np.tile(x, (n, 1, 1, 1))  # row r holds image r mod 3
+    codes = np.asarray(evaluation_data.posterior_draws(model, tiled, key))
+    again = evaluation_data.posterior_draws(model, tiled[10:60], key, rows=range(10, 60), batch_size=25)
+    np.testing.assert_array_equal(codes[10:60], again)  # rows 10..59 in other batches: the same draws
+    assert evaluation_data.sampled_posterior(model) and codes.dtype == np.int32
+    q = np.asarray(jax.nn.softmax(model.logits(jnp.asarray(x))))  # (3, 2, 2, 4)
+    for b in range(3):
+        freq = np.mean(codes[b::3][..., None] == np.arange(4), axis=0)
+        assert np.all(np.abs(freq - q[b]) < 4 * np.sqrt(q[b] * (1 - q[b]) / n) + 1e-3), b
+    assert 0.05 < np.mean(codes[0::3] != np.argmax(q[0], -1)) < 0.95  # draws, not the argmax
 
 
 # ----------------------------------------------------------------------------- the smoke dVAE on real MNIST

@@ -9,6 +9,13 @@ decided, once. Every stream derives from config.seed through `vae.rng`'s table:
   held-out latents              one draw z ~ q(z|x) per validation image, 'heldout_draw'
   the ELBO's noise              'elbo_noise' (`elbo_key`)
 
+A posterior is read as (mean, logvar): a Gaussian's, or a VQ-VAE's codes with logvar None (a
+point mass: its draw is the codes). A dVAE's q(c|x) is a real categorical distribution whose K
+logits a position are too many to keep for every image (49 x 256 floats: 2.7 GB for Fashion's
+training split), so it is kept by the encoder alone (`sampled_posterior`): its (mean, logvar) is
+(argmax codes, None), and a draw re-encodes the images (`posterior_draws`; `SampledPosterior`
+stands for such a posterior where stage 2 would read (mean, logvar)).
+
 Also here: the ELBO evaluation itself (`make_elbo_fn`, `evaluate`) and the latent NLL of a
 prior, so that readers of a run never import a training module.
 """
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,10 +90,43 @@ def encode(model, x, batch_size: int = 1000):
 
 
 def draw_latents(key, mean, logvar):
-    """z ~ q(z|x) = N(mean, exp(logvar)); with logvar None (a VQ-VAE's point mass), the codes `mean`."""
+    """z ~ q(z|x) = N(mean, exp(logvar)); with logvar None (a VQ-VAE's point mass), the codes `mean`
+    (a dVAE's posterior is drawn by `posterior_draws` instead)."""
     if logvar is None:
         return mean
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+
+
+def sampled_posterior(model) -> bool:
+    """Whether `model`'s posterior is a categorical distribution that is no point mass (a dVAE's):
+    drawn by re-encoding the images (`posterior_draws`), as (mean, logvar) cannot carry it."""
+    return model.latents == "categorical" and not model.point_mass
+
+
+class SampledPosterior(NamedTuple):
+    """A posterior only the encoder keeps (`sampled_posterior`), where stage 2 reads (mean, logvar):
+    mode() the argmax codes, draw(key) one c ~ q(c|x) per image; each re-encodes the images."""
+
+    mode: Callable[[], jax.Array]
+    draw: Callable[[jax.Array], jax.Array]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _draw_rows(graphdef, params, x, keys):
+    model = nnx.merge(graphdef, params)
+    return jax.vmap(lambda key, image: model.sample_posterior(key, image[None])[0])(keys, x)
+
+
+def posterior_draws(model, x, key, rows=None, batch_size: int = 1000):
+    """One draw c ~ q(c|x) (`model.sample_posterior`) per prepared image of x, re-encoded in
+    batches under jit: image i draws with fold_in(key, rows[i]) (default rows: 0, 1, ...), so a
+    draw depends on its row, not on the batching or on which process holds the image."""
+    graphdef, params = nnx.split(model)
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(rows, jnp.uint32))
+    outs = [_draw_rows(graphdef, params, x[i : i + batch_size], keys[i : i + batch_size])
+            for i in range(0, len(x), batch_size)]
+    return jnp.concatenate(outs)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -134,10 +176,18 @@ class EvalData:
         """(mean, logvar) of q(z|x) for the split's evaluation images."""
         return encode(model, self.images(split, limit))
 
+    def latent_draws(self, model, split: str, key, posterior=None):
+        """One draw z ~ q(z|x) per evaluation image of the split, from `key`: by `draw_latents`
+        from (mean, logvar) (`posterior`, the split's when already encoded; a VQ-VAE's codes
+        themselves), or for a dVAE's posterior by re-encoding the images (`posterior_draws`)."""
+        if sampled_posterior(model):
+            return posterior_draws(model, self.images(split), key)
+        mean, logvar = self.posteriors(model, split) if posterior is None else posterior
+        return draw_latents(key, mean, logvar)
+
     def heldout_latents(self, model):
         """One fixed draw z ~ q(z|x) per validation image: where priors' NLL is measured."""
-        mean, logvar = self.posteriors(model, "validation")
-        return draw_latents(self.key("heldout_draw"), mean, logvar)
+        return self.latent_draws(model, "validation", self.key("heldout_draw"))
 
     def elbo(self, model, split: str) -> dict:
         """Stage 1's evaluation of `model` on the split (same images, binarization and key)."""

@@ -14,7 +14,9 @@ prior could reach with this decoder above it. The rows above:
 Both are decoded from validation images, never test ones: the sample metrics compare against
 real test images, and a reconstruction of the very image it is compared with would flatter
 the row. A VQ-VAE's posterior is a point mass, so its q(z) draw is the code map itself and
-equals the reconstruction: its report has the q(z) row only.
+equals the reconstruction: its report has the q(z) row only. A dVAE's is a categorical q(c|x):
+its q(z) row decodes draws c ~ q(c|x) (the validation images re-encoded), its reconstruction
+row the argmax codes.
 
 `gap_closed(baseline, prior, reference)` = (m_baseline - m_prior) / (m_baseline - m_reference):
 0 at the baseline prior, 1 at q(z), negative when a prior is worse than the baseline. The
@@ -24,6 +26,7 @@ report takes it per sample seed for fd_classifier and recall (`GAP_METRICS`).
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from vae.evaluation import evaluation_data, sampling
 
@@ -31,32 +34,39 @@ Q_Z, RECONSTRUCTION = "q(z)", "reconstruction"
 GAP_METRICS = ("fd_classifier", "recall")  # lower FD and higher recall are better: one formula serves both
 
 
-def names(continuous: bool) -> tuple[str, ...]:
-    """The reference rows of a report on continuous (Gaussian-posterior) or categorical latents."""
-    return (Q_Z, RECONSTRUCTION) if continuous else (Q_Z,)
+def names(point_mass: bool) -> tuple[str, ...]:
+    """The reference rows of a report on a VAE whose posterior is a point mass (a VQ-VAE's: q(z)
+    only, its draws being the reconstructions) or a distribution (Gaussian, dVAE: both)."""
+    return (Q_Z,) if point_mass else (Q_Z, RECONSTRUCTION)
 
 
-def aggregate_posterior_draws(key, mean, logvar, n: int):
+def aggregate_posterior_draws(key, mean, logvar, n: int, vae=None, x=None):
     """n latents from the aggregate posterior of the encoded images (mean, logvar): draw i from
-    q(z|x_{i mod N}). With logvar None (a point-mass posterior): the first min(n, N) codes."""
+    q(z|x_{i mod N}). With logvar None (a point-mass posterior): the first min(n, N) codes,
+    unless `vae`'s posterior is a dVAE's: then draw i is c ~ q(c|x_{i mod N}) of the images x,
+    re-encoded, with fold_in(key, i) (`evaluation_data.posterior_draws`)."""
+    index = jnp.arange(n) % len(mean)
+    if vae is not None and evaluation_data.sampled_posterior(vae):
+        return evaluation_data.posterior_draws(vae, x[np.asarray(index)], key)
     if logvar is None:
         return mean[:n]
-    index = jnp.arange(n) % len(mean)
     return evaluation_data.draw_latents(key, mean[index], logvar[index])
 
 
-def latents(name: str, key, mean, logvar, n: int):
-    """The latents the reference row `name` decodes, from validation posteriors (mean, logvar)."""
+def latents(name: str, key, mean, logvar, n: int, vae=None, x=None):
+    """The latents the reference row `name` decodes, from validation posteriors (mean, logvar)
+    (a dVAE's: `vae` and the validation images x, to draw from)."""
     if name == Q_Z:
-        return aggregate_posterior_draws(key, mean, logvar, n)
+        return aggregate_posterior_draws(key, mean, logvar, n, vae, x)
     if name == RECONSTRUCTION:
         return mean[:n]
     raise ValueError(f"unknown reference row {name!r}; expected one of {(Q_Z, RECONSTRUCTION)}")
 
 
-def images(vae, name: str, key, mean, logvar, n: int):
-    """(latents, decoded images) of the reference row `name`."""
-    z = latents(name, key, mean, logvar, n)
+def images(vae, name: str, key, mean, logvar, n: int, x=None):
+    """(latents, decoded images) of the reference row `name`; x: the validation images the
+    posteriors are of (needed for a dVAE's q(z) row only)."""
+    z = latents(name, key, mean, logvar, n, vae, x)
     return z, sampling.decode_images(vae, z)
 
 

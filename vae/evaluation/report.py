@@ -18,6 +18,10 @@ A VQ-VAE's workdir (`vae.models.vq`): uniform over codes against the code priors
 the bound -log p(x|z_q) - log p(z_q) (a point-mass posterior: no sampling, no ELBO column,
 bits/dim for 8-bit data), and the density diagnostics (ELBO surgery, hole rate) give way to
 the code perplexity and codes used by the samples (`report["test_codes"]`: the test images').
+A dVAE's (`vae.models.dvae`) is reported as a VQ-VAE's, except that its posterior is a real
+categorical q(c|x) (`report["vae"]["point_mass"]` false): nll_iwae samples k code maps from it,
+the ELBO column stays, latent_nll and the q(z) row read draws c ~ q(c|x), and the
+reconstruction row decodes the argmax codes.
 """
 
 from __future__ import annotations
@@ -97,6 +101,10 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     def key(name, seed=seeds[0]):
         return rng.key(seed, name)
 
+    def samples_key(seed):
+        """The latents every prior samples under one sample seed (at any temperature)."""
+        return key("samples", seed)
+
     # The splits as stage 1 evaluated them (the run's evaluation data).
     eval_data = evaluation_data.EvalData(config, dataset)
     with timed("encode train/validation/test"):
@@ -104,9 +112,10 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         test_mean, test_logvar, train_mean, train_logvar, val_mean, val_logvar = jax.block_until_ready(
             [*eval_data.posteriors(vae, "test"), *eval_data.posteriors(vae, "train"),
              *eval_data.posteriors(vae, "validation")])
-    # A VQ-VAE's posterior is a point mass on a code map: q(z) is a histogram of codes, so the
-    # density-based diagnostics (hole rate, ELBO surgery) are for Gaussian posteriors only.
+    # Code maps (VQ-VAE, dVAE): q(z) is over a discrete set, so the density-based diagnostics
+    # (hole rate, ELBO surgery) are for Gaussian posteriors only. A point mass (VQ) has no ELBO.
     continuous = vae.latents == "continuous"
+    point_mass = bool(getattr(vae, "point_mass", False))  # a Gaussian VAE's: no
     threshold = heldout = heldout_hole_rate = None
     # The hole threshold comes from the first half of the validation posteriors; the check that
     # held-out latents fall in holes ~1% of the time uses the second half (not the same ones).
@@ -145,13 +154,13 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         """(metrics, latents, images) of the index-th prior under one sample seed."""
         t0 = time.perf_counter()
         with timed("sample and decode"):
-            z = sampling.draw_samples(prior, key("samples", seed), n_samples)  # the same latent seed for every prior
+            z = sampling.draw_samples(prior, samples_key(seed), n_samples)  # the same latent seed for every prior
             images = sampling.decode_images(vae, z)
         sample_seconds = time.perf_counter() - t0
         nll, elbo = iwae[seed][0][index], iwae[seed][1][index]
-        r = {"nll_iwae": float(nll.mean())} | ({"elbo": float(elbo.mean())} if continuous else {})  # VQ: elbo = -nll
+        r = {"nll_iwae": float(nll.mean())} | ({} if point_mass else {"elbo": float(elbo.mean())})  # VQ: elbo = -nll
         with timed("held-out latent NLL (one z ~ q(z|x) per test image)"):
-            z_test = evaluation_data.draw_latents(key("heldout_draws", seed), test_mean, test_logvar)
+            z_test = eval_data.latent_draws(vae, "test", key("heldout_draws", seed), (test_mean, test_logvar))
             r["latent_nll"] = evaluation_data.latent_nll(prior, z_test)
         if continuous:
             with timed("ELBO surgery (log q over the test posteriors)"):
@@ -166,12 +175,13 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     def score_reference(name, seed):
         """(metrics, latents, images) of the reference row `name` (vae.evaluation.references)."""
         with timed("reference rows: decode"):
-            z, images = references.images(vae, name, key("references", seed), val_mean, val_logvar, n_samples)
+            z, images = references.images(vae, name, key("references", seed), val_mean, val_logvar, n_samples,
+                                          eval_data.images("validation"))
         return score_images({}, z, images), z, images
 
     per_seed, grids = {}, {}
     rows = [(name, functools.partial(score, index, prior)) for index, (name, prior) in enumerate(fitted.items())]
-    rows += [(name, functools.partial(score_reference, name)) for name in references.names(continuous)]
+    rows += [(name, functools.partial(score_reference, name)) for name in references.names(point_mass)]
     for name, score_row in rows:
         log.info("%s", name)
         per_seed[name] = []
@@ -188,7 +198,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     results = {name: scoring.summarize(per_seed[name]) for name in fitted}
     for name in fitted:  # 'estimate': log_prob is not exact (a prior trained with the VAE has an exact one)
         results[name]["density"] = priors.registry.get(name).density if name in priors.registry.names() else "exact"
-    reference_rows = {name: scoring.summarize(per_seed[name]) for name in references.names(continuous)}
+    reference_rows = {name: scoring.summarize(per_seed[name]) for name in references.names(point_mass)}
 
     plotting.save_labelled_grids(grids, os.path.join(out_dir, "comparison.png"), ncol=8)
     report = {
@@ -199,7 +209,8 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "k": k,
         "seeds": seeds,
         "vae": {"arch": config.vae.arch, "latent_shape": list(vae.latent_shape), "likelihood": vae.likelihood,
-                "trained_with_prior": vae.prior_name, "workdir": wd.path, "checkpoint": fitted_to},
+                "trained_with_prior": vae.prior_name, "point_mass": point_mass, "workdir": wd.path,
+                "checkpoint": fitted_to},
         "priors": results,
         "references": reference_rows,  # q(z) (and the reconstructions), decoded from validation images
         "baseline": baseline,  # the prior gap_closed_* starts from
@@ -214,7 +225,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         validation = scoring.real_side(clf[0], dataset.validation.images, min(n_compared, len(val_mean)), timed,
                                        "validation")
         report["temperatures"] = temperature_curves.sweep(
-            vae, fitted, temperatures, seeds, lambda seed: key("samples", seed), n_samples, real, validation,
+            vae, fitted, temperatures, seeds, samples_key, n_samples, real, validation,
             timed, per_seed, baseline)
         points = {name: (r["precision"], r["recall"]) for name, r in reference_rows.items()}
         plotting.save_precision_recall(temperature_curves.curves(report["temperatures"]), points,

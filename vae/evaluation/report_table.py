@@ -2,10 +2,11 @@
 
 The table's columns are the density metrics, then every registered sample metric's
 (`vae.evaluation.sample_metrics`), the share of the baseline -> q(z) gap each prior closes,
-then the hole rate and the VQ-VAE's code usage; a report shows the columns its priors have
-numbers for. Its rows are the priors, then the reference rows (`vae.evaluation.references`),
-which have sample metrics only. `docs/tables.py` builds the published results tables from the
-same `columns`, `rows` and `cell`.
+then the hole rate and the code usage of a VAE over codes; a report shows the columns its priors
+have numbers for. nll_iwae's header is the bound's: -log p(x|z_q) - log p(z_q) for a point-mass
+posterior (a VQ-VAE's), nll_iwae[k] for one that is sampled (Gaussian, dVAE). Its rows are the
+priors, then the reference rows (`vae.evaluation.references`), which have sample metrics only.
+`docs/tables.py` builds the published results tables from the same `columns`, `rows` and `cell`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,16 @@ def all_columns() -> list[tuple[str, str]]:
     return DENSITY_COLUMNS + sample_metrics.columns() + GAP_COLUMNS + SUPPORT_COLUMNS
 
 
+def point_mass(report: dict) -> bool:
+    """Whether the report's VAE has a point-mass posterior (a VQ-VAE's; a report written before
+    `report["vae"]["point_mass"]`: any VAE over codes, the VQ-VAE then being the only one)."""
+    return bool(report["vae"].get("point_mass", bool(report.get("test_codes"))))
+
+
 def columns(report: dict) -> list[tuple[str, str]]:
-    """(key, header) of the columns this report has; a VQ-VAE's nll_iwae is the point-mass bound."""
+    """(key, header) of the columns this report has; a point mass's nll_iwae is its own bound."""
     first = next(iter(report["priors"].values()))
-    bound = "-log p(x\\|z_q) - log p(z_q) (nats)" if report.get("test_codes") else f"nll_iwae[{report['k']}] (nats)"
+    bound = "-log p(x\\|z_q) - log p(z_q) (nats)" if point_mass(report) else f"nll_iwae[{report['k']}] (nats)"
     return [(k, bound if k == "nll_iwae" else h) for k, h in all_columns() if k in first]
 
 
@@ -65,10 +72,17 @@ def markdown_table(report: dict) -> str:
     labels = (f"classifier test accuracy {report['classifier']['test_accuracy']:.4f}; data label entropy "
               f"{report['data_labels']['label_entropy']:.3f} nats" if report["data_labels"] else
               "no class labels, so no classifier-based metrics")
-    latents = (f"held-out latents (the validation half that did not set the threshold): hole rate "
-               f"{report['heldout_latent_hole_rate']:.3f}, median log q(z) {report['heldout_median_log_q']:.1f} nats"
-               if not codes else f"VQ-VAE: the test images' codes have perplexity {codes['perplexity']:.1f} and use "
-               f"{codes['codes_used']} codes; the posterior is a point mass, so the bound on -log p(x) needs no sampling")
+    if not codes:
+        latents = (f"held-out latents (the validation half that did not set the threshold): hole rate "
+                   f"{report['heldout_latent_hole_rate']:.3f}, median log q(z) {report['heldout_median_log_q']:.1f} nats")
+    elif point_mass(report):
+        latents = (f"VQ-VAE: the test images' codes have perplexity {codes['perplexity']:.1f} and use "
+                   f"{codes['codes_used']} codes; the posterior is a point mass, so the bound on -log p(x) needs no "
+                   "sampling")
+    else:
+        latents = (f"dVAE: the test images' argmax codes have perplexity {codes['perplexity']:.1f} and use "
+                   f"{codes['codes_used']} codes; the posterior q(c|x) is categorical, so the bound samples "
+                   f"{report['k']} code maps from it per image (log w = log p(x|c) + log p(c) − log q(c|x))")
     lines = [
         f"# {report['dataset']}: {'uniform over codes' if codes else 'N(0, I)'} vs learned priors",
         "",
@@ -92,8 +106,9 @@ def markdown_table(report: dict) -> str:
                   "the nll_iwae under the exact density (in expectation over the bound's Monte-Carlo noise): "
                   "still a bound on -log p(x), looser than the others' by the prior's own slack."]
     if report.get("references"):
+        means = "the argmax codes" if codes and not point_mass(report) else "the posterior means"
         lines += ["", f"Reference rows, decoded from validation images: q(z) draws z ~ q(z|x) (what a perfect prior "
-                  f"would give with this decoder), reconstruction the posterior means. Gap closed: (baseline − prior) / "
+                  f"would give with this decoder), reconstruction {means}. Gap closed: (baseline − prior) / "
                   f"(baseline − q(z)) per sample seed, baseline {report['baseline']}: 0 at the baseline, 1 at q(z)."]
     joint = [n for n in report["priors"] if n not in priors.registry.names()]
     if joint:

@@ -107,6 +107,7 @@ class VQVAE(nnx.Module):
     prior = None
     prior_name = "uniform"
     joint_prior_label = None
+    point_mass = True  # q(z|x) puts all its mass on the code map: the report's bound needs no sampling
 
     def __init__(self, encoder, decoder, quantizer: VectorQuantizer, latent_shape, likelihood, commitment: float):
         self.encoder, self.decoder, self.quantizer = encoder, decoder, quantizer

@@ -1,7 +1,8 @@
 """How stage 2 fits one prior, by its registry entry's fit kind: 'em' priors by their EM
 routine on draws of every training latent (`fit_em`), 'gradient' priors by Adam in the one fit
 loop on latent batches (`fit_gradient`), each epoch scored on held-out latents beside the
-prior stage 1 trained with (`log_heldout`), the best epoch kept.
+prior stage 1 trained with (`log_heldout`), the best epoch kept. What a fit reads from a view of
+the training posteriors is `fit_latents`'s: z ~ q(z|x) or the means, a dVAE's codes c ~ q(c|x).
 
 Devices and processes: gradient fits are data-parallel over stage 1's mesh (latents
 replicated, batches split); EM fits and held-out evaluation run in every process on one local
@@ -41,6 +42,15 @@ def draw_fit_latents(key, mean, logvar, fit_target: str):
     raise PriorError(f"config.prior.fit_target={fit_target!r}; expected 'sample' or 'mean'")
 
 
+def fit_latents(key, posterior, fit_target: str):
+    """`draw_fit_latents` of one view of the training posteriors: (mean, logvar), or a dVAE's
+    `evaluation_data.SampledPosterior`: c ~ q(c|x) drawn from `key` ('sample', the draws the
+    aggregate posterior is made of) or the argmax codes ('mean'), the images re-encoded."""
+    if not isinstance(posterior, evaluation_data.SampledPosterior):
+        return draw_fit_latents(key, *posterior, fit_target)
+    return draw_fit_latents(key, posterior.mode() if fit_target == "mean" else posterior.draw(key), None, fit_target)
+
+
 def log_heldout(wd, name: str, prior, z_val, step: int, epoch: int) -> dict:
     """The held-out latent NLL of `prior` and of the prior stage 1 trained with beside it (N(0, I),
     or uniform over a VQ-VAE's codes), as one metrics record."""
@@ -70,7 +80,7 @@ def fit_em(config, wd, name, prior, posteriors, z_val, key, mesh=None):
     wd.rewind_metrics(-1, prior=name)  # from a fit killed before its checkpoint
     draw_key = rng.within_fit(key, "em_draws")
     keys = [draw_key] + [jax.random.fold_in(draw_key, j) for j in range(1, config.prior.em_draws_per_image)]
-    z = jnp.concatenate([draw_fit_latents(k, *posteriors(j), config.prior.fit_target) for j, k in enumerate(keys)])
+    z = jnp.concatenate([fit_latents(k, posteriors(j), config.prior.fit_target) for j, k in enumerate(keys)])
     t0 = time.perf_counter()
     prior, trace = priors.registry.get(name).em(prior, rng.within_fit(key, "em"), z, config.prior[name])
     trace = np.asarray(trace)
@@ -161,7 +171,7 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
                  max_epochs_this_run=None):
     """Adam on the mean -log p(z) in the fit loop: resumable, evaluated every epoch. Epoch e
     fits fresh draws from posteriors(e) (`prior.latent_draws='per_epoch'`) or, every epoch, the
-    one draw of epoch 0 ('once').
+    one draw of epoch 0 ('once'), by `fit_latents` (a dVAE's codes too: c ~ q(c|x), not the argmax).
 
     Model selection on the held-out latents: W/priors/<name>/checkpoints keeps the epoch with
     the lowest held-out NLL (what readers load); `prior.patience` > 0 stops the fit after that
@@ -187,14 +197,20 @@ def fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, m
     metric = f"latent_nll/{name}"
     train_chunk, train_metric = make_fit_chunk(config, name, prior, tx, key, mesh)
 
+    def draw_key(draw_epoch):
+        return jax.random.fold_in(jax.random.fold_in(key, draw_epoch), 0)
+
     @jax.jit
     def epoch_data(epoch, draw_epoch, mean, logvar):
-        z = draw_fit_latents(jax.random.fold_in(jax.random.fold_in(key, draw_epoch), 0), mean, logvar, pc.fit_target)
+        z = draw_fit_latents(draw_key(draw_epoch), mean, logvar, pc.fit_target)
         return z, epoch_batch_indices(jax.random.fold_in(key, epoch), 1, n, pc.batch_size, steps_per_epoch)
 
     def run_epoch(state, epoch, start, should_stop):
         draw_epoch = epoch if pc.latent_draws == "per_epoch" else 0
-        z, batches = epoch_data(epoch, draw_epoch, *sharding.put(posteriors(draw_epoch), rep))
+        posterior = posteriors(draw_epoch)
+        if isinstance(posterior, evaluation_data.SampledPosterior):  # a dVAE's: drawn here, by re-encoding
+            posterior = (fit_latents(draw_key(draw_epoch), posterior, pc.fit_target), None)
+        z, batches = epoch_data(epoch, draw_epoch, *sharding.put(posterior, rep))
         chunks = (batches[s] for s in loop.chunk_slices(steps_per_epoch, pc.steps_per_call, start))
         return loop.run_chunks(lambda st, b: train_chunk(st, z, b), state, chunks, should_stop=should_stop)
 

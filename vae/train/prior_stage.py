@@ -10,7 +10,10 @@ finished it; a fit resumed after a kill counts only its last run).
 How a prior is fitted is its registry entry's business (`priors.registry`), carried out by
 `vae.train.prior_fits`: 'gradient' priors by Adam in the fit loop, on fresh draws z ~ q(z|x)
 every epoch (or the posterior means, `prior.fit_target='mean'`); 'em' priors by their EM
-routine on one draw per training image; 'none' priors (N(0, I)) need nothing.
+routine on one draw per training image; 'none' priors (N(0, I)) need nothing. A VQ-VAE's
+posterior is a point mass: every draw is its code map. A dVAE's is a categorical q(c|x), so its
+priors fit fresh draws c ~ q(c|x) as well, the images re-encoded for each draw (or the argmax
+codes with 'mean'): the prior maximizing E_q[log p(c)] is the aggregate posterior of the draws.
 
 Devices and processes: each process encodes its own training rows and gathers everyone's
 latents (they are small next to the images).
@@ -22,6 +25,7 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 import priors
@@ -54,7 +58,12 @@ def training_posteriors(config, eval_data, model):
     """index -> (mean, logvar) of q(z|x) over the training images, as `prior.binarization`
     says: 'once' (every index: the images binarized once by the run's named seed) or
     'per_epoch' (index i: binarized afresh by fold_in(that seed, i), as stage 1 trained).
-    Several processes: each encodes its own rows, and every one gets all the latents."""
+    Several processes: each encodes its own rows, and every one gets all the latents.
+    A dVAE's posterior (`evaluation_data.sampled_posterior`): index -> a `SampledPosterior` of
+    the same images, its draws and argmax codes re-encoded on demand (its logits, K a position,
+    are not kept for every image)."""
+    if evaluation_data.sampled_posterior(model):
+        return _sampled_training_posteriors(config, eval_data, model)
     if config.prior.binarization == "once" or not eval_data.binarize:
         mean, logvar = map(multihost.gather_rows, eval_data.posteriors(model, "train"))  # logvar: None for VQ codes
         return lambda index: (mean, logvar)
@@ -73,6 +82,29 @@ def training_posteriors(config, eval_data, model):
         return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:num], encoded)
 
     return lambda index: tuple(map(multihost.gather_rows, encode_fresh(params, images, index)))
+
+
+def _sampled_training_posteriors(config, eval_data, model):
+    """index -> `evaluation_data.SampledPosterior` of the training images binarized as
+    `training_posteriors` says. Image i draws with fold_in(key, i), i its row in the whole
+    split, whichever process holds it; each process draws its own rows and gathers them all."""
+    shards = eval_data.dataset.train_shards
+    images = eval_data.dataset.train.images
+    rows = (shards.local[0] * shards.size if shards else 0) + np.arange(len(images))
+
+    @jax.jit
+    def binarize_fresh(images, index):
+        return input_pipeline.prepare_shards(images, jax.random.fold_in(eval_data.key("train_latents"), index), True,
+                                             shards)
+
+    def view(x):
+        return evaluation_data.SampledPosterior(
+            mode=lambda: multihost.gather_rows(evaluation_data.encode(model, x)[0]),
+            draw=lambda key: multihost.gather_rows(evaluation_data.posterior_draws(model, x, key, rows)))
+
+    if config.prior.binarization == "once" or not eval_data.binarize:
+        return lambda index: view(eval_data.images("train"))
+    return lambda index: view(binarize_fresh(jnp.asarray(images), index))
 
 
 FIT_CHOICES = ("fit_target", "latent_draws", "em_draws_per_image", "binarization", "ema_decay", "patience")

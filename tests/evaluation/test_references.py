@@ -9,14 +9,19 @@ import pytest
 from vae.evaluation import references
 
 
-def test_aggregate_posterior_draws_cycle_the_images_with_fresh_noise():
+def test_reference_rows_decode_distinct_images_before_repeating_any():
+    order = references.image_order(5, 12)
+    assert sorted(order[:5]) == [0, 1, 2, 3, 4]  # every image once first
+    np.testing.assert_array_equal(order[5:10], order[:5])  # then the same order again
     mean = jnp.arange(3.0)[:, None] * 10.0
     logvar = jnp.zeros((3, 1))
     z = np.asarray(references.aggregate_posterior_draws(jax.random.key(0), mean, logvar, 7))[:, 0]
-    assert np.all(np.abs(z - np.array([0, 10, 20, 0, 10, 20, 0])) < 5)  # draw i from image i mod 3
+    expected = np.asarray(mean)[references.image_order(3, 7), 0]
+    assert np.all(np.abs(z - expected) < 5)  # draw i from the i-th image of the order, unit noise
     assert z[0] != z[3]  # independent draws of the same image
     codes = jnp.arange(12).reshape(3, 2, 2)  # a point-mass posterior: the code maps themselves
-    np.testing.assert_array_equal(references.aggregate_posterior_draws(None, codes, None, 7), codes)
+    np.testing.assert_array_equal(references.aggregate_posterior_draws(None, codes, None, 3),
+                                  np.asarray(codes)[references.image_order(3, 3)])
 
 
 def test_gap_closed_is_zero_at_the_baseline_and_one_at_the_reference():

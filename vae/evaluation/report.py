@@ -175,8 +175,8 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     def score_reference(name, seed):
         """(metrics, latents, images) of the reference row `name` (vae.evaluation.references)."""
         with timed("reference rows: decode"):
-            z, images = references.images(vae, name, key("references", seed), val_mean, val_logvar, n_samples,
-                                          eval_data.images("validation"))
+            z, images = references.images(vae, name, key("references", seed), train_mean, train_logvar, n_samples,
+                                          eval_data.images("train"))
         return score_images({}, z, images), z, images
 
     per_seed, grids = {}, {}
@@ -212,7 +212,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
                 "trained_with_prior": vae.prior_name, "point_mass": point_mass, "workdir": wd.path,
                 "checkpoint": fitted_to},
         "priors": results,
-        "references": reference_rows,  # q(z) (and the reconstructions), decoded from validation images
+        "references": reference_rows,  # q(z) (and the reconstructions), decoded from training images
         "baseline": baseline,  # the prior gap_closed_* starts from
         "data_labels": None if real is None else scoring.label_statistics(dataset),
         "classifier": {"test_accuracy": None if clf is None else clf[1]},

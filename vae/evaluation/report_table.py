@@ -107,8 +107,8 @@ def markdown_table(report: dict) -> str:
                   "still a bound on -log p(x), looser than the others' by the prior's own slack."]
     if report.get("references"):
         means = "the argmax codes" if codes and not point_mass(report) else "the posterior means"
-        lines += ["", f"Reference rows, decoded from validation images: q(z) draws z ~ q(z|x) (what a perfect prior "
-                  f"would give with this decoder), reconstruction {means}. Gap closed: (baseline − prior) / "
+        lines += ["", f"Reference rows, decoded from {report['n_samples']} distinct training images: q(z) draws "
+                  f"z ~ q(z|x) (what a perfect prior, the aggregate posterior stage 2 fits, would give with this decoder), reconstruction {means}. Gap closed: (baseline − prior) / "
                   f"(baseline − q(z)) per sample seed, baseline {report['baseline']}: 0 at the baseline, 1 at q(z)."]
     joint = [n for n in report["priors"] if n not in priors.registry.names()]
     if joint:

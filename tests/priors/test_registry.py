@@ -29,8 +29,8 @@ class DiagonalGaussian(nnx.Module):
         per_element = -0.5 * u**2 - self.log_scale[...] - 0.5 * math.log(2 * math.pi)
         return per_element.reshape(z.shape[0], -1).sum(-1)
 
-    def sample(self, key, n):
-        eps = jax.random.normal(key, (n, *self.latent_shape))
+    def sample(self, key, n, *, temperature=1.0):
+        eps = temperature * jax.random.normal(key, (n, *self.latent_shape))
         return self.mean[...] + jnp.exp(self.log_scale[...]) * eps
 
 

@@ -1,8 +1,8 @@
 """Prior sampling speed. Autoregressive priors: naive (whole network per element) vs each
 prior's quick mode: the PixelCNN's 'fast' (row-local caches) and the transformer's 'cached'
-(a KV cache). The others (the RealNVP flow: one pass; diffusion: the reverse SDE's steps;
+(a KV cache). The others (the RealNVP flow: one pass; diffusion: its sampler's steps;
 the VampPrior of a `config.vae.prior=vamp` VAE: one encoder pass over its pseudo-inputs):
-n latents, beside one log_prob pass (diffusion's: the probability-flow ODE).
+n latents, beside one log_prob pass (diffusion's: its variational bound).
 
   python benchmarks/prior_sampling.py [--config configs/mnist.py] [--n 10000] [--n_naive 200]
 
@@ -40,7 +40,7 @@ def timed(what, fn, *args):
 
 
 MODES = {"pixelcnn": "fast", "transformer": "cached"}  # each autoregressive prior's quick sampler
-OTHERS = {"realnvp": "one pass", "diffusion": "reverse SDE", "vamp": "one encoder pass"}  # non-autoregressive
+OTHERS = {"realnvp": "one pass", "diffusion": "Heun steps on the probability-flow ODE", "vamp": "one encoder pass"}  # non-autoregressive
 
 
 def build(name, config):

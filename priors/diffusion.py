@@ -1,23 +1,47 @@
-"""A latent diffusion prior: a noise-prediction network over the flattened latent under the
-variance-preserving SDE (Song et al. 2021, the continuous-time limit of DDPM).
+"""A latent diffusion prior fitted and scored by its variational bound: VDM (Kingma et al. 2021,
+"Variational Diffusion Models"; google-research/vdm) in continuous time, over the VAE's latents x.
 
-Forward process, t in [t_min, 1]: z_t = a_t z + s_t e, e ~ N(0, I), with
-beta(t) = beta_min + t (beta_max - beta_min), a_t = exp(-1/2 int_0^t beta), s_t^2 = 1 - a_t^2.
+Forward process, t in [0, 1]: z_t = alpha_t x + sigma_t eps, eps ~ N(0, I), alpha_t^2 =
+sigmoid(-gamma(t)), sigma_t^2 = sigmoid(gamma(t)); gamma = -log SNR is the noise schedule
+(`priors.diffusion_schedule`: VDM's fixed linear one, or its learned monotone network).
 
-  network    e_theta(z_t, t) = s_t z_t + MLP(z_t, t), the MLP's last layer at zero: the prior
-             starts as exactly N(0, I) and learns corrections to it.
-  fit        `fit_loss`: denoising score matching in the e-parametrization,
-             ||e - e_theta(z_t, t)||^2 summed over the latent, t ~ U(t_min, 1). Stage 2 uses it
-             instead of -log p (a prior may define `fit_loss(z, key)`).
-  sample     the reverse-time SDE, Euler-Maruyama, `sample_steps` steps in one `lax.scan`.
-  log_prob   the probability-flow ODE dz/dt = -1/2 beta(t) (z - e_theta(z, t) / s_t), run from
-             t_min to 1 with `ode_steps` RK4 steps: log p(z) = log N(z_1; 0, I) + int_{t_min}^1
-             div(dz/dt) dt. The divergence is exact (one forward-mode pass per latent element)
-             up to `exact_divergence_dims` elements, else Hutchinson's estimate with fixed
-             Rademacher probes. So log_prob is an **estimate** of the model's log-density (ODE
-             discretization, and probe noise in high dimension), neither a lower nor an upper
-             bound; an IWAE under it is an estimate too (`Spec.density = "estimate"`, which
-             the report prints beside the numbers).
+The model. x is continuous, so VDM's discrete decoder at t = 0 becomes a Gaussian one:
+    p(x) = int N(x; z_0 / alpha_0, sigma_0^2 / alpha_0^2 I) p(z_0) dz_0,
+with z_1 ~ N(0, I) and the reverse process from the denoiser eps_hat(z_t, gamma_t) in between
+(`priors.diffusion_nets`; eps_hat = sigma_t (z_t + f), f = 0 being N(0, I)'s exact denoiser).
+At gamma_0 = -13.3 the decoder's sd exp(gamma_0 / 2) is 1.3e-3: p is the latent density
+smoothed at that scale.
+
+VDM's bound, -log p(x) <= L(x) = recon + prior + diffusion, with
+    recon     = E_q(z_0|x) -log N(x; z_0/alpha_0, sigma_0^2/alpha_0^2) = d/2 (log 2 pi + gamma_0 + 1),
+    prior     = KL(q(z_1 | x) || N(0, I)) = 1/2 sum(sigma_1^2 + alpha_1^2 x^2 - log sigma_1^2 - 1),
+    diffusion = 1/2 E_{t ~ U(0,1), eps} gamma'(t) ||eps - eps_hat(z_t, gamma_t)||^2.
+Computed as a control variate: N(0, I)'s denoiser sigma_t z_t has E_eps||eps - sigma_t z_t||^2 =
+alpha_t^4 d + sigma_t^2 alpha_t^2 ||x||^2 in closed form, whose gamma'-weighted integral over t
+is too; with recon and prior it adds up to `reference_bound`,
+    R(x) = -d/2 log 2 pi - d/2 softplus(gamma_0) - d/2 sigma_0^2 - alpha_0^2 ||x||^2 / 2,
+and only the network's excess is estimated by Monte Carlo:
+    log p(x) >= R(x) - 1/2 E_{t, eps} gamma'(t) (||eps - eps_hat||^2 - ||eps - sigma_t z_t||^2).
+Same expectation as VDM's sum, far less noise: in continuous latents ||eps||^2 (chi-square, d
+degrees of freedom, weighted by gamma' ~ 18) would dominate the estimate at every t, and cancels
+here. R is exact: with f = 0 the bound is R, below N(x; 0, (1 + sigma_0^2) / alpha_0^2 I) by
+KL(q(z_0 | x) || p(z_0 | x)) (tests/priors/test_diffusion.py derives it). t is drawn
+low-discrepancy (VDM's antithetic t_i = (u + i / B) mod 1).
+
+  fit_loss   -(the bound) per latent, one (t, eps) per latent: stage 2 minimizes the negative
+             bound, i.e. maximizes a bound on the likelihood (train records: fit_loss/diffusion,
+             nats per latent). A learned schedule's shape gets the gradient of the estimate's
+             variance instead (`diffusion_schedule.variance_gradient`).
+  log_prob   the bound, averaged over `bound_samples` stratified t = (u + m / M) mod 1, each at
+             eps and -eps (antithetic), drawn from a key made of the latent's own bits: a
+             deterministic function of each latent alone (its batch does not matter), with
+             independent noise across latents, whose expectation is a lower bound on log p(x)
+             (`Spec.density = "bound"`). Stage 2's held-out latent NLL is then an upper bound;
+             an IWAE over it only nearly (its noise, ~4 nats per Fashion latent at 16 draws,
+             passes through the log-sum-exp: ~1 nat optimistic at k = 10, docs/priors.md).
+  sample     `sampler` ('ancestral', 'ddim', 'heun'; `priors.diffusion_samplers`) in
+             `sample_steps` steps; `temperature` T draws z_1 ~ N(0, T^2 I).
+  log_prob_ode  the probability-flow ODE's log-density, an estimate (neither bound), to compare.
 """
 
 from __future__ import annotations
@@ -26,129 +50,153 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from priors import diffusion_nets, diffusion_samplers, diffusion_schedule
 from priors.registry import Spec, register
 
+BOUND_KEY = 0  # log_prob's draws of t and eps: from this key and each latent's bits
 
-class NoiseNet(nnx.Module):
-    """An MLP with residual blocks over the flattened latent and Fourier features of t; its
-    last layer starts at zero."""
 
-    def __init__(self, d: int, hidden: int, num_blocks: int, *, rngs: nnx.Rngs):
-        self.frequencies = 16
-        self.inp = nnx.Linear(d + 2 * self.frequencies, hidden, rngs=rngs)
-        self.norms = nnx.List([nnx.LayerNorm(hidden, rngs=rngs) for _ in range(num_blocks)])
-        self.blocks = nnx.List([nnx.Linear(hidden, hidden, rngs=rngs) for _ in range(num_blocks)])
-        self.out = nnx.Linear(hidden, d, kernel_init=nnx.initializers.zeros, rngs=rngs)
+def latent_keys(z, key):
+    """(B,) keys, one per latent, folded from `key` and a hash of the latent's float32 bits: the
+    same latent always gets the same key (log_prob is a function of z), different latents
+    independent draws (their noise averages out over a data set, as it would not if shared)."""
+    bits = jax.lax.bitcast_convert_type(z.reshape(z.shape[0], -1).astype(jnp.float32), jnp.uint32)
+    odd = jnp.arange(bits.shape[1], dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+    return jax.vmap(lambda h: jax.random.fold_in(key, h))(jnp.sum(bits * odd, axis=-1, dtype=jnp.uint32))
 
-    def __call__(self, x, t):
-        f = t[:, None] * np.pi * 2.0 ** np.arange(self.frequencies)[None] / 8.0  # periods 16 .. 1/2048 in t
-        h = self.inp(jnp.concatenate([x, jnp.sin(f), jnp.cos(f)], axis=-1))
-        for norm, block in zip(self.norms, self.blocks):
-            h = h + block(jax.nn.gelu(norm(h)))
-        return self.out(jax.nn.gelu(h))
+
+def excess_loss(net, gamma_min, gamma_max, endpoints, shape_values, data):
+    """(B,): 1/2 gamma'(t) (||eps - eps_hat||^2 - ||eps - sigma_t z_t||^2) at one t per latent,
+    for latents x (B, ...) and noise eps; gamma(t) = g0 + (g1 - g0) u(t). A function of its
+    arguments only (so `variance_gradient` can route each part's gradient)."""
+    (g0, g1), (u, du), (x, eps) = endpoints, shape_values, data
+    gamma, slope = g0 + (g1 - g0) * u, (g1 - g0) * du
+    expand = (slice(None),) + (None,) * (x.ndim - 1)
+    alpha, sigma = jnp.sqrt(jax.nn.sigmoid(-gamma))[expand], jnp.sqrt(jax.nn.sigmoid(gamma))[expand]
+    z_t = alpha * x + sigma * eps
+    correction = sigma * net(z_t, (gamma - gamma_min) / (gamma_max - gamma_min))  # eps_hat - sigma_t z_t
+    # ||base - c||^2 - ||base||^2 with base = eps - sigma_t z_t, without the cancelling squares
+    gain = jnp.sum((correction * (correction - 2.0 * (eps - sigma * z_t))).reshape(x.shape[0], -1), axis=-1)
+    return 0.5 * slope * gain
 
 
 class Diffusion(nnx.Module):
-    def __init__(self, latent_shape, hidden=512, num_blocks=4, beta_min=0.1, beta_max=20.0, t_min=1e-3,
-                 sample_steps=500, ode_steps=50, exact_divergence_dims=16, *, rngs: nnx.Rngs):
-        self.latent_shape = tuple(latent_shape)
+    def __init__(self, latent_shape, network="auto", channels=(32, 64), bottleneck=64, hidden=256, num_blocks=2,
+                 schedule="fixed", gamma_min=-13.3, gamma_max=5.0, learn_endpoints=False, sampler="heun",
+                 sample_steps=8, bound_samples=16, ode_steps=50, exact_divergence_dims=16, *, rngs: nnx.Rngs):
+        if sampler not in diffusion_samplers.SAMPLERS:
+            raise ValueError(f"config.prior.diffusion.sampler={sampler!r}; expected one of "
+                             f"{diffusion_samplers.SAMPLERS}")
+        counts = {"sample_steps": sample_steps, "bound_samples": bound_samples, "ode_steps": ode_steps}
+        for field, value in counts.items():
+            if int(value) < 1:
+                raise ValueError(f"config.prior.diffusion.{field}={value}; expected a positive integer")
+        self.latent_shape = tuple(int(s) for s in latent_shape)
         self.d = math.prod(self.latent_shape)
-        self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_min)
-        self.sample_steps, self.ode_steps = int(sample_steps), int(ode_steps)
+        self.gamma_min, self.gamma_max = float(gamma_min), float(gamma_max)
+        self.sampler, self.sample_steps = sampler, int(sample_steps)
+        self.bound_samples, self.ode_steps = int(bound_samples), int(ode_steps)
         self.exact_divergence = self.d <= exact_divergence_dims
-        self.net = NoiseNet(self.d, hidden, num_blocks, rngs=rngs)
+        self.schedule = diffusion_schedule.build(schedule, gamma_min, gamma_max, bool(learn_endpoints), rngs=rngs)
+        self.net = diffusion_nets.build(network, self.latent_shape, channels, bottleneck, hidden, num_blocks, rngs=rngs)
 
-    # ----------------------------------------------------------------- the SDE
+    # ----------------------------------------------------------------- schedule and denoiser
 
-    def beta(self, t):
-        return self.beta_min + t * (self.beta_max - self.beta_min)
+    def gamma(self, t):
+        """(gamma(t), dgamma/dt) for times t of any shape."""
+        g0, g1 = self.schedule.endpoints()
+        u, du = self.schedule.shape(t)
+        return g0 + (g1 - g0) * u, (g1 - g0) * du
 
-    def alpha_sigma(self, t):
-        log_alpha = -0.5 * (self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min))
-        return jnp.exp(log_alpha), jnp.sqrt(-jnp.expm1(2.0 * log_alpha))
+    def score_correction(self, z, gamma):
+        """f(z, nu) at z (B, ...) and noise levels gamma (B,): -grad log p_t(z) - z, as predicted."""
+        return self.net(z, (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min))
 
-    def noise(self, x, t):
-        """e_theta(x, t) = s_t x + net(x, t): for N(0, I) latents the best prediction is s_t x,
-        so the prior starts as exactly N(0, I) (the VAE's own prior) and learns corrections."""
-        return self.alpha_sigma(t)[1][:, None] * x + self.net(x, t)
+    def eps_hat(self, z, gamma):
+        """The predicted noise at z (B, ...) and noise levels gamma (B,): sigma (z + f)."""
+        sigma = jnp.sqrt(jax.nn.sigmoid(gamma)).reshape(-1, *(1,) * (z.ndim - 1))
+        return sigma * (z + self.score_correction(z, gamma))
+
+    # ----------------------------------------------------------------- the bound
+
+    def reference_bound(self, x):
+        """(B,): the bound's closed-form part, R(x) (module docstring): recon + prior + N(0, I)'s
+        denoiser's diffusion loss, which depends on gamma_0 alone."""
+        g0, _ = self.schedule.endpoints()
+        squares = jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=-1)
+        return (-0.5 * self.d * (math.log(2 * math.pi) + jax.nn.softplus(g0) + jax.nn.sigmoid(g0))
+                - 0.5 * jax.nn.sigmoid(-g0) * squares)
+
+    def excess(self, x, eps, t, *, variance_gradient: bool = False):
+        """(B,): the Monte-Carlo part of -bound at times t (B,) and noise eps (B, ...); with
+        `variance_gradient` (fit_loss, learned shape) its gradient trains the schedule's shape
+        for a less noisy estimate."""
+        endpoints, shape_values = self.schedule.endpoints(), self.schedule.shape(t)
+        if not (variance_gradient and self.schedule.learned_shape):
+            return excess_loss(self.net, self.gamma_min, self.gamma_max, endpoints, shape_values, (x, eps))
+        graphdef, state = nnx.split(self.net)
+        gamma_min, gamma_max = self.gamma_min, self.gamma_max
+
+        def per_example(params, shape, data):
+            net_state, ends = params
+            return excess_loss(nnx.merge(graphdef, net_state), gamma_min, gamma_max, ends, shape, data)
+
+        return diffusion_schedule.variance_gradient(per_example, (state, endpoints), shape_values, (x, eps))
 
     def fit_loss(self, z, key):
-        """(B,): the denoising loss of latents z at random times (what stage 2 minimizes)."""
-        x = z.reshape(z.shape[0], -1)
-        k_t, k_e = jax.random.split(key)
-        t = jax.random.uniform(k_t, (x.shape[0],), minval=self.t_min, maxval=1.0)
-        e = jax.random.normal(k_e, x.shape)
-        a, s = self.alpha_sigma(t)
-        return jnp.sum((e - self.noise(a[:, None] * x + s[:, None] * e, t)) ** 2, axis=-1)
-
-    def ode_drift(self, x, t):
-        """dx/dt of the probability-flow ODE at x (B, d), t (B,)."""
-        _, s = self.alpha_sigma(t)
-        return -0.5 * self.beta(t)[:, None] * (x - self.noise(x, t) / s[:, None])
-
-    # ----------------------------------------------------------------- density and samples
-
-    def _drift_and_divergence(self, x, t, probes):
-        if self.exact_divergence:
-            def one(xi, ti):
-                jac = jax.jacfwd(lambda y: self.ode_drift(y[None], ti[None])[0])(xi)
-                return jnp.trace(jac)
-            return self.ode_drift(x, t), jax.vmap(one)(x, t)
-        drift, jvp = jax.jvp(lambda y: self.ode_drift(y, t), (x,), (probes,))
-        return drift, jnp.sum(probes * jvp, axis=-1)
+        """(B,): -(the bound) of each latent, one draw of (t, eps) each, t antithetic over the batch."""
+        k_t, k_eps = jax.random.split(key)
+        b = z.shape[0]
+        t = jnp.mod(jax.random.uniform(k_t) + jnp.arange(b) / b, 1.0)
+        eps = jax.random.normal(k_eps, z.shape)
+        return self.excess(z, eps, t, variance_gradient=True) - self.reference_bound(z)
 
     def log_prob(self, z):
-        x = z.reshape(z.shape[0], -1)
-        probes = jax.random.rademacher(jax.random.key(0), x.shape, dtype=x.dtype)  # fixed: a deterministic estimate
-        dt = (1.0 - self.t_min) / self.ode_steps
+        """(B,): the bound on log p(z), averaged over `bound_samples` draws of (t, eps), each at
+        eps and -eps, t stratified; the draws come from a key made of the latent's own bits."""
+        keys = latent_keys(z, jax.random.key(BOUND_KEY))
+        m = self.bound_samples
+        offsets = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, m)))(keys)
 
-        def f(state, t):
-            drift, div = self._drift_and_divergence(state[0], jnp.full(x.shape[0], t), probes)
-            return drift, div
+        def draw(total, i):
+            t = jnp.mod(offsets + i / m, 1.0)
+            eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), self.latent_shape))(keys)
+            return total + 0.5 * (self.excess(z, eps, t) + self.excess(z, -eps, t)), None
 
-        def rk4(carry, i):
-            (y, total), t = carry, self.t_min + i * dt
-            k1 = f((y,), t)
-            k2 = f((y + 0.5 * dt * k1[0],), t + 0.5 * dt)
-            k3 = f((y + 0.5 * dt * k2[0],), t + 0.5 * dt)
-            k4 = f((y + dt * k3[0],), t + dt)
-            y = y + dt / 6.0 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
-            total = total + dt / 6.0 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
-            return (y, total), None
+        total, _ = jax.lax.scan(draw, jnp.zeros(z.shape[0]), jnp.arange(m))
+        return self.reference_bound(z) - total / m
 
-        (y, total), _ = jax.lax.scan(rk4, (x, jnp.zeros(x.shape[0])), jnp.arange(self.ode_steps))
-        return jnp.sum(jax.scipy.stats.norm.logpdf(y), axis=-1) + total
+    def log_prob_ode(self, z):
+        """(B,): the probability-flow ODE's log-density estimate (`ode_steps` RK4 steps)."""
+        return diffusion_samplers.ode_log_prob(self, z, self.ode_steps, self.exact_divergence)
 
-    def sample(self, key, n: int, *, temperature=1.0):
-        """The reverse-time SDE from t = 1 to t_min, Euler-Maruyama, from z_1 ~ N(0, temperature² I)."""
-        dt = (1.0 - self.t_min) / self.sample_steps
-        key, k0 = jax.random.split(key)
+    # ----------------------------------------------------------------- samples
 
-        def step(x, i):
-            t = jnp.full(n, 1.0 - i * dt)
-            _, s = self.alpha_sigma(t)
-            b = self.beta(t)[:, None]
-            score = -self.noise(x, t) / s[:, None]
-            x = x + (0.5 * b * x + b * score) * dt  # reverse time: dx = [-f + g^2 score] (-dt)
-            noise = jax.random.normal(jax.random.fold_in(key, i), x.shape)
-            return x + jnp.sqrt(b * dt) * noise * (i < self.sample_steps - 1), None
+    def sample(self, key, n: int, temperature: float = 1.0):
+        """n latents by `sampler` in `sample_steps` steps from z_1 ~ N(0, temperature^2 I)
+        ('ancestral' also scales its per-step noise by temperature). temperature=1.0, a Python
+        float, draws what sample(key, n) draws, bit for bit (a traced 1.0 compiles to another
+        program: equal to float rounding)."""
+        return diffusion_samplers.sample(self, self.sampler, key, n, self.sample_steps, temperature)
 
-        x, _ = jax.lax.scan(step, temperature * jax.random.normal(k0, (n, self.d)), jnp.arange(self.sample_steps))
-        return x.reshape(n, *self.latent_shape)
+
+def build(latent_shape, c, rngs):
+    return Diffusion(latent_shape, c.network, tuple(c.channels), c.bottleneck, c.hidden, c.num_blocks, c.schedule,
+                     c.gamma_min, c.gamma_max, c.learn_endpoints, c.sampler, c.sample_steps, c.bound_samples,
+                     c.ode_steps, c.exact_divergence_dims, rngs=rngs)
 
 
 register(Spec(
     name="diffusion",
     fit="gradient",
-    build=lambda latent_shape, c, rngs: Diffusion(
-        latent_shape, c.hidden, c.num_blocks, c.beta_min, c.beta_max, c.t_min, c.sample_steps, c.ode_steps,
-        c.exact_divergence_dims, rngs=rngs),
-    config=dict(hidden=512, num_blocks=4, beta_min=0.1, beta_max=20.0, t_min=1e-3, sample_steps=500, ode_steps=50,
-                exact_divergence_dims=16),
-    smoke=dict(hidden=32, num_blocks=1, sample_steps=50, ode_steps=10),
-    density="estimate",
-    doc="VP-SDE diffusion over the flattened latent; log_prob by the probability-flow ODE (an estimate)",
+    build=build,
+    config=dict(network="auto", channels=(32, 64), bottleneck=64, hidden=256, num_blocks=2, schedule="fixed",
+                gamma_min=-13.3, gamma_max=5.0, learn_endpoints=False, sampler="heun", sample_steps=8,
+                bound_samples=16, ode_steps=50, exact_divergence_dims=16),
+    smoke=dict(channels=(8, 16), bottleneck=32, hidden=32, num_blocks=1, sample_steps=4, bound_samples=4,
+               ode_steps=10),
+    density="bound",
+    doc="VDM diffusion (U-Net over spatial latents, MLP over vectors); log_prob is its variational bound",
 ))

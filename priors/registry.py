@@ -7,8 +7,15 @@ A `Spec` says everything the rest of the codebase needs to know about a prior:
              'em':       `em(prior, key, z, section) -> (prior, log-likelihood per iteration)`
              'none':     nothing to fit (N(0, I)); always available to sample.py and vae.load
   config     defaults of config.prior.<name>; `smoke` overrides them in the smoke preset.
-  density    what log_prob returns: 'exact' (a normalized log-density) or 'estimate' (e.g. a
-             probability-flow ODE); the report labels numbers computed from an estimate.
+  density    what log_prob returns: 'exact' (a normalized log-density), 'bound' (a lower bound
+             on log p: a variational bound, or a Monte-Carlo estimate of one whose expectation
+             is a lower bound, as the diffusion prior's) or 'estimate' (neither, e.g. a
+             probability-flow ODE); the report labels numbers not computed from an exact one.
+             Under a 'bound', a latent NLL is an upper bound on -log p(z) and a negative ELBO one
+             on -log p(x) (in expectation, where the bound is a Monte-Carlo estimate); an IWAE
+             under an exact bound is a lower bound on log p(x) (log-sum-exp is increasing), but
+             a Monte-Carlo bound's noise passes through the convex log-sum-exp and can lift it
+             by up to about half the estimate's variance per latent (docs/priors.md measures it).
   latents    'continuous' (real latents of a Gaussian-posterior VAE) or 'categorical' (a
              VQ-VAE's integer code maps (h, w) in [0, K): build then also takes num_codes=K,
              log_prob is the log-probability of the map, sample returns maps).
@@ -25,6 +32,7 @@ from typing import Callable
 from vae.registry import Registry
 
 FIT_KINDS = ("gradient", "em", "none")
+DENSITIES = ("exact", "bound", "estimate")
 LATENTS = ("continuous", "categorical")
 
 
@@ -43,8 +51,8 @@ class Spec:
     def __post_init__(self):
         if self.fit not in FIT_KINDS:
             raise ValueError(f"prior {self.name!r}: fit={self.fit!r}; expected one of {FIT_KINDS}")
-        if self.density not in ("exact", "estimate"):
-            raise ValueError(f"prior {self.name!r}: density={self.density!r}; expected 'exact' or 'estimate'")
+        if self.density not in DENSITIES:
+            raise ValueError(f"prior {self.name!r}: density={self.density!r}; expected one of {DENSITIES}")
         if self.latents not in LATENTS:
             raise ValueError(f"prior {self.name!r}: latents={self.latents!r}; expected one of {LATENTS}")
         if (self.fit == "em") != (self.em is not None):

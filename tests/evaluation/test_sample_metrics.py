@@ -39,7 +39,7 @@ def test_built_in_metrics_fill_the_sample_columns_in_order():
     keys = [key for key, _ in report_table.all_columns()]
     # the table's order, which README's results blocks (benchmarks/readme_results.py) depend on
     assert keys[keys.index("mutual_info") + 1 : keys.index("prior_hole_rate")] == [
-        "fd_classifier", "precision", "recall", "label_entropy"]
+        "fd_classifier", "precision", "recall", "label_entropy", "gap_closed_fd_classifier", "gap_closed_recall"]
 
 
 def test_register_refuses_a_taken_name_or_column(feature_norm):

@@ -148,6 +148,7 @@ def sampler_of(prior):
     return lambda key, n, temperature=None: np.asarray(jitted(state, key, n, temperature))
 
 
+@pytest.mark.slow  # ~30 s a sampler on the 2-core CPU (the default-size U-Net compiles per sampler)
 @pytest.mark.parametrize("sampler", ["ancestral", "ddim", "heun"])
 def test_temperature_one_is_the_default_and_below_one_shrinks_the_spread(sampler):
     """T = 1 draws what sample(key, n) draws, bit for bit; T = 1/2 shrinks a trained-looking
@@ -175,6 +176,7 @@ def test_log_prob_is_a_function_of_each_latent_alone():
     np.testing.assert_allclose(np.asarray(log_prob(jnp.concatenate([z[3:5], z[:4]]))[:2]), whole[3:5], rtol=1e-6)
 
 
+@pytest.mark.slow  # ~20 s each on the 2-core CPU
 @pytest.mark.parametrize("shape, size", [((7, 7, 4), {}), ((5, 3, 2), {"channels": (8, 16)}),
                                          ((12, 9, 1), {"channels": (4, 8, 8)})])
 def test_unet_output_at_a_position_depends_on_the_whole_latent(shape, size):

@@ -15,12 +15,11 @@ checks it). Prints each sampler's time for n latents and the ancestral / few-ste
 
 import os
 import platform
-import time
 
 import jax
 from absl import app, flags
 from flax import nnx
-from peak import no_compilation
+from peak import timed
 
 import priors
 from vae import cli
@@ -32,13 +31,6 @@ _STEPS = flags.DEFINE_integer("steps", 8, "Heun steps (2 evaluations each); DDIM
 _ANCESTRAL_STEPS = flags.DEFINE_integer("ancestral_steps", 256, "Ancestral sampler steps.")
 _N_ANCESTRAL = flags.DEFINE_integer("n_ancestral", 2000, "Latents drawn by the ancestral sampler.")
 
-
-def timed(what, fn, *args):
-    jax.block_until_ready(fn(*args))  # compile + warm up
-    with no_compilation(what):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        return time.perf_counter() - t0
 
 
 def main(argv):

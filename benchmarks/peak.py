@@ -67,3 +67,13 @@ def no_compilation(what: str):
         raise RuntimeError(f"{what}: XLA compiled {len(new)} program(s) ({sum(t for _, t in new):.1f} s: {names}) "
                            "inside the timed region, so the figure would count compilation as steps; warm every "
                            "program up first")
+
+
+def timed(what: str, fn, *args) -> float:
+    """Wall seconds of one steady-state call fn(*args): a first call compiles and warms up,
+    the timed one must compile nothing (`no_compilation`)."""
+    jax.block_until_ready(fn(*args))
+    with no_compilation(what):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        return time.perf_counter() - t0

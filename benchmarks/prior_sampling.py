@@ -15,13 +15,12 @@ same n latents: the least work any autoregressive sampler of this network can do
 
 import os
 import platform
-import time
 
 import jax
 import ml_collections
 from absl import app, flags
 from flax import nnx
-from peak import no_compilation
+from peak import timed
 
 import priors
 from vae import cli, models
@@ -30,13 +29,6 @@ _CONFIG = cli.define_config_file("config", "configs/mnist.py", "Experiment confi
 _N = flags.DEFINE_integer("n", 10000, "Latents drawn in fast mode (one batch).")
 _N_NAIVE = flags.DEFINE_integer("n_naive", 200, "Latents drawn in naive mode.")
 
-
-def timed(what, fn, *args):
-    jax.block_until_ready(fn(*args))  # compile + warm up
-    with no_compilation(what):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        return time.perf_counter() - t0
 
 
 MODES = {"pixelcnn": "fast", "transformer": "cached"}  # each autoregressive prior's quick sampler

@@ -63,10 +63,11 @@ def test_a_registered_metric_reaches_report_json_and_md(feature_norm, smoke_work
     table = (tmp_path / "report.md").read_text().split("Where the")[0]
     header = next(line for line in table.splitlines() if line.startswith("| prior |"))
     cells = [cell.strip() for cell in header.strip("|").split("|")]
-    # after the built-in sample metrics, before the hole rate: registration order
+    # after the built-in sample metrics, before the gap-closed columns and the hole rate
     assert cells.index("mean feature norm") == cells.index("label_entropy (nats)") + 1
     assert cells.index("feature norm / real") == cells.index("mean feature norm") + 1
-    assert cells.index("prior_hole_rate") == cells.index("feature norm / real") + 1
+    after = [header for _, header in report_table.GAP_COLUMNS] + ["prior_hole_rate"]
+    assert cells[cells.index("feature norm / real") + 1 :][: len(after)] == after
     gmm_row = next(line for line in table.splitlines() if line.startswith("| gmm |"))
     gmm_cells = [cell.strip() for cell in gmm_row.strip("|").split("|")]
     assert gmm_cells[cells.index("mean feature norm")] == report_table.cell(on_disk["priors"]["gmm"], "feature_norm")

@@ -5,6 +5,7 @@ Session fixtures train once and are shared read-only (tests that change a run co
   smoke_report   sample.py's comparison on it
   straight_run   the MLP smoke VAE (6 epochs) and a MADE prior, uninterrupted, for the
                  resume/bad-input tests to compare against
+  dvae_run       the smoke dVAE and a code PixelCNN fitted to draws of its posterior
 Real MNIST comes from ../shared; CLI helpers run train.py/sample.py as real subprocesses.
 
 Two tiers: `python -m pytest -m "not slow"` for someone changing one module (no training run),
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vae import xla_flags
@@ -43,7 +45,7 @@ def mnist_config(module="mnist", preset="smoke"):
     return config
 
 
-SHARED_FIXTURES = ("smoke_workdir", "straight_run")  # session fixtures worth building once
+SHARED_FIXTURES = ("smoke_workdir", "straight_run", "dvae_run")  # session fixtures worth building once
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
@@ -89,6 +91,28 @@ def smoke_report(smoke_workdir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     return out, report.compare(str(smoke_workdir), str(out), n_samples=SMOKE_REPORT_N, k=10, command="test",
                                temperatures=(0.8, 1.0), k_values=(1, 10), k_images=50)
+
+
+@pytest.fixture(scope="session")
+def dvae_run(mnist_dir, tmp_path_factory):
+    """(workdir, the code maps each epoch of the prior's fit read): configs/mnist_dvae.py:smoke
+    trained once, and pixelcnn_codes fitted to draws of its q(c|x)."""
+    from vae.train import prior_fits, stages
+
+    config = mnist_config("mnist_dvae")
+    config.prior.name = "pixelcnn_codes"
+    workdir, draws = tmp_path_factory.mktemp("dvae") / "run", []
+    fit_latents = prior_fits.fit_latents
+
+    def spy(key, posterior, fit_target):
+        z = fit_latents(key, posterior, fit_target)
+        draws.append(np.asarray(z))
+        return z
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prior_fits, "fit_latents", spy)
+        stages.train_and_evaluate(config, str(workdir))
+    return workdir, draws
 
 
 @pytest.fixture

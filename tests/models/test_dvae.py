@@ -214,31 +214,15 @@ def test_posterior_draws_follow_q_whatever_the_batching():
 # ----------------------------------------------------------------------------- the smoke dVAE on real MNIST
 
 
-def smoke_config():
-    config = mnist_config("mnist_dvae")
-    config.prior.name = "transformer_codes"
-    config.prior.num_epochs = 2
-    return config
-
-
-@pytest.fixture(scope="module")
-def dvae_run(mnist_dir, tmp_path_factory):
-    """configs/mnist_dvae.py:smoke trained, and the transformer code prior fitted to its codes."""
-    from vae.train import stages
-
-    workdir = tmp_path_factory.mktemp("dvae") / "run"
-    stages.train_and_evaluate(smoke_config(), str(workdir))
-    return workdir
-
-
 @pytest.mark.slow
 def test_dvae_training_learns_and_uses_its_codes(dvae_run):
+    workdir, _ = dvae_run
     import vae
     from vae.data import input_pipeline
     from vae.evaluation import evaluation_data
 
-    config = smoke_config()
-    records = [r for r in read_metrics(dvae_run) if "prior" not in r]
+    config = mnist_config("mnist_dvae")
+    records = [r for r in read_metrics(workdir) if "prior" not in r]
     val = [r for r in records if r["split"] == "validation"]
     train = [r for r in records if r["split"] == "train"]
     assert len(val) == config.train.num_epochs + 1  # + the untrained model
@@ -247,7 +231,7 @@ def test_dvae_training_learns_and_uses_its_codes(dvae_run):
     k = config.vae.dvae.num_codes
     assert 0 < val[-1]["kl"] < 49 * math.log(k)  # analytic: between a uniform q and a point mass
     assert train[0]["kl_weight"] < 1.0 and train[-1]["kl_weight"] == 1.0 and train[-1]["tau"] == config.vae.dvae.tau_end
-    run = vae.load(str(dvae_run), kind="latest", learned_priors=False)
+    run = vae.load(str(workdir), kind="latest", learned_priors=False)
     assert float(run.model.steps_taken[...]) == run.step == val[-1]["step"]  # the schedules' counter is the step
     x = evaluation_data.EvalData(run.config, input_pipeline.load_dataset(run.config.data)).images("validation")
     codes = np.asarray(run.encode(x)[0])
@@ -263,14 +247,14 @@ def test_report_bound_of_the_smoke_dvae(dvae_run):
     from vae.data import input_pipeline
     from vae.evaluation import bounds, evaluation_data
 
-    run = vae.load(str(dvae_run))
-    assert set(run.priors) == {"uniform", "transformer_codes"}
+    run = vae.load(str(dvae_run[0]))
+    assert set(run.priors) == {"uniform", "pixelcnn_codes"}
     x = evaluation_data.EvalData(run.config, input_pipeline.load_dataset(run.config.data)).images("test")[:200]
-    nll, elbo = bounds.iwae_under_priors(run.model, [run.priors["uniform"], run.priors["transformer_codes"]], x,
+    nll, elbo = bounds.iwae_under_priors(run.model, [run.priors["uniform"], run.priors["pixelcnn_codes"]], x,
                                          jax.random.key(0), k=10)
     assert nll.shape == elbo.shape == (2, 200) and np.all(np.isfinite(nll))
     assert -nll[0].mean() > elbo[0].mean() + 1.0  # IWAE_10 over sampled codes: tighter than the ELBO
     direct = jax.jit(run.model.elbo)(jnp.asarray(x), jax.random.key(1))["elbo"]  # stage 1's ELBO, other draws
     assert elbo[0].mean() == pytest.approx(float(direct.mean()), abs=3.0)
-    codes, images = run.sample(jax.random.key(0), 4, prior="transformer_codes")
+    codes, images = run.sample(jax.random.key(0), 4, prior="pixelcnn_codes")
     assert codes.shape == (4, 7, 7) and images.shape == (4, 28, 28, 1)

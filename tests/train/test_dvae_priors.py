@@ -2,8 +2,8 @@
 categorical distribution: its code priors are fitted to draws c ~ q(c|x), a fresh one per
 training image per epoch (`prior.fit_target='mean'`: the argmax codes), and scored on draws
 (held-out latents, the report's latent NLL and q(z) row); the report keeps the ELBO column.
-On configs/mnist_dvae.py:smoke, trained once for the module (the draws themselves:
-tests/models/test_dvae.py)."""
+On configs/mnist_dvae.py:smoke, trained once for the session (`dvae_run` in conftest; the
+draws themselves: tests/models/test_dvae.py)."""
 
 import math
 
@@ -23,30 +23,11 @@ def dvae_config():
 
 
 @pytest.fixture(scope="module")
-def fitted(mnist_dir, tmp_path_factory):
-    """(workdir, code maps each epoch of the PixelCNN's fit read): the smoke dVAE and pixelcnn_codes."""
-    from vae.train import prior_fits, stages
-
-    workdir, draws = tmp_path_factory.mktemp("dvae_priors") / "run", []
-    fit_latents = prior_fits.fit_latents
-
-    def spy(key, posterior, fit_target):
-        z = fit_latents(key, posterior, fit_target)
-        draws.append(np.asarray(z))
-        return z
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(prior_fits, "fit_latents", spy)
-        stages.train_and_evaluate(dvae_config(), str(workdir))
-    return workdir, draws
-
-
-@pytest.fixture(scope="module")
-def run_and_data(fitted):
+def run_and_data(dvae_run):
     import vae
     from vae.data import input_pipeline
 
-    run = vae.load(str(fitted[0]))
+    run = vae.load(str(dvae_run[0]))
     return run, evaluation_data.EvalData(run.config, input_pipeline.load_dataset(run.config.data))
 
 
@@ -66,8 +47,8 @@ def assert_follow_q(model, x, codes):
 
 
 @pytest.mark.slow
-def test_stage_two_fits_fresh_draws_of_q_every_epoch(fitted, run_and_data):
-    _, draws = fitted
+def test_stage_two_fits_fresh_draws_of_q_every_epoch(dvae_run, run_and_data):
+    _, draws = dvae_run
     run, eval_data = run_and_data
     x = eval_data.images("train")
     argmax = np.asarray(eval_data.posteriors(run.model, "train")[0])
@@ -102,12 +83,12 @@ def test_heldout_latents_and_fit_targets_of_a_dvae(run_and_data):
 
 
 @pytest.mark.slow
-def test_report_of_a_dvae_ranks_the_fitted_prior_above_uniform(fitted, tmp_path):
+def test_report_of_a_dvae_ranks_the_fitted_prior_above_uniform(dvae_run, tmp_path):
     """The fix: the prior fitted to draws of q(c|x) gives a tighter bound than uniform. The
     report keeps the ELBO column and both reference rows, and names the sampled bound."""
     from vae.evaluation import report
 
-    rep = report.compare(str(fitted[0]), str(tmp_path), n_samples=100, k=10, command="test")
+    rep = report.compare(str(dvae_run[0]), str(tmp_path), n_samples=100, k=10, command="test")
     uniform, learned = rep["priors"]["uniform"], rep["priors"]["pixelcnn_codes"]
     assert rep["vae"]["point_mass"] is False and rep["test_codes"]
     assert learned["nll_iwae"] < uniform["nll_iwae"] - 2.0  # measured: 142.3 against 152.5 nats

@@ -11,13 +11,14 @@ package imports every module in it, so a new prior is one new file.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from typing import Protocol
 
 import jax
 from flax import nnx
 
-from priors import registry
+from priors import code_levels, registry
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -31,7 +32,7 @@ from priors.transformer import Transformer  # noqa: E402
 __all__ = ["GMM", "MADE", "NAMES", "BASELINE", "PixelCNN", "Prior", "StandardNormal", "Transformer", "build", "registry"]
 NAMES = registry.names()
 BASELINE = "standard_normal"  # N(0, I), the default stage-1 prior; every report scores it beside the others
-BASELINES = {"continuous": BASELINE, "categorical": "uniform"}  # the prior stage 1 trained with, per latent kind
+BASELINES = {"continuous": BASELINE, "categorical": "uniform", "code_levels": "uniform"}  # stage 1's, per latent kind
 
 
 class Prior(Protocol):
@@ -49,9 +50,12 @@ class Prior(Protocol):
         times T; softmax(logits / T) over codes. T = 1 draws exactly what no temperature draws."""
 
 
-def build(name: str, latent_shape, prior_config=None, *, seed: int = 0, num_codes: int | None = None) -> Prior:
+def build(name: str, latent_shape, prior_config=None, *, seed: int = 0, num_codes: int | None = None,
+          levels=None) -> Prior:
     """The prior `name` for `latent_shape` with hyper-parameters from config.prior.<name>; a
-    categorical prior (over code maps) also needs the codebook size `num_codes`."""
+    categorical prior (over code maps) also needs the codebook size `num_codes`, and one over
+    code levels (VQ-VAE-2's, `priors.code_levels`) the model's `levels` too (the other priors
+    ignore them: they model the flat code sequence, or refuse its shape)."""
     if name not in registry.names():
         raise ValueError(f"config.prior.name: unknown prior {name!r}; expected one of {registry.names()}")
     spec = registry.get(name)
@@ -59,8 +63,16 @@ def build(name: str, latent_shape, prior_config=None, *, seed: int = 0, num_code
     if spec.config and section is None:
         raise ValueError(f"config.prior.{name} is missing: the hyper-parameters of prior {name!r}")
     shape, rngs = tuple(int(s) for s in latent_shape), nnx.Rngs(seed)
+    if spec.latents in ("categorical", "code_levels") and num_codes is None:
+        raise ValueError(f"prior {name!r} models VQ code maps: it needs num_codes")
+    if spec.latents == "code_levels":
+        if levels is None:
+            raise ValueError(f"prior {name!r} models a VQ-VAE-2's levels of code maps: it needs levels (the "
+                             "model's), and this latent has none")
+        if code_levels.length(levels) != math.prod(shape):
+            raise ValueError(f"prior {name!r}: levels {tuple(levels)} hold {code_levels.length(levels)} codes, "
+                             f"but the latent shape is {shape}")
+        return spec.build(shape, section, rngs, num_codes=int(num_codes), levels=code_levels.normalize(levels))
     if spec.latents == "categorical":
-        if num_codes is None:
-            raise ValueError(f"prior {name!r} models VQ code maps: it needs num_codes")
         return spec.build(shape, section, rngs, num_codes=int(num_codes))
     return spec.build(shape, section, rngs)

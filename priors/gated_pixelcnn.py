@@ -12,6 +12,12 @@ Causality without masks, by shifting (as PixelCNN++ does), with a full receptive
     convs cost one (H x 2W-1) and one (1 x W) kernel; the layers stay small.
 Training-time dropout (config `dropout`) acts on each gated layer's residual branch when
 `log_prob` is given a `dropout_key`.
+Conditioning (the conditional PixelCNN's form; `priors.two_level`'s bottom map given the top
+one): after `condition_on(channels)`, `features`/`sample` take `cond` (B, H, W, channels), any
+function of what is conditioned on; a learned linear map of cond at (i, j) is added to every
+v->h link at (i, j), i.e. inside the gate of every horizontal layer there. It is added at the
+position itself, never shifted, so position (i, j) sees cond everywhere and the codes only
+before it: the masks over its own positions stay causal.
 
 Sampling is a `lax.fori_loop` under jit in two modes that draw identical samples for a key:
   * 'naive': the whole network on the whole canvas for every position (H*W passes);
@@ -126,16 +132,28 @@ class GatedPixelCNN(nnx.Module):
         self.h_in = RightConv(in_channels, f, wid, rngs=rngs, as_matmul=True)  # every column to the left
         self.layers = nnx.List([GatedLayer(f, k, dropout, rngs=rngs) for _ in range(num_layers)])
 
+    def condition_on(self, channels: int, *, rngs: nnx.Rngs):
+        """Adds the maps from `channels` of conditioning features to every link (see the module doc)."""
+        f = self.v_in.conv.out_features
+        widths = [f] + [2 * f] * len(self.layers)
+        self.cond_links = nnx.List([nnx.Linear(channels, w, rngs=rngs) for w in widths])
+
+    def _conditioned(self, links, cond):
+        """links plus each one's map of `cond` (the same rows as the links), or links if cond is None."""
+        if cond is None:
+            return links
+        return [link + proj(cond) for link, proj in zip(links, self.cond_links)]
+
     # ------------------------------------------------------------------ network pieces
 
-    def vertical(self, u, key=None):
+    def vertical(self, u, key=None, cond=None):
         """Everything the vertical stack gives h: a list of links, one per h-layer (+ input)."""
         v = down_shift(self.v_in(u))  # rows < i
         links = [self.v_in_to_h(v)]
         for layer, k in zip(self.layers, mixture.dropout_keys(key, len(self.layers))):
             v, link = layer.vertical(v, k)
             links.append(link)
-        return links
+        return self._conditioned(links, cond)
 
     def horizontal(self, u_rows, links_rows, key=None):
         """Features per position for the given rows of the input and of the vertical links."""
@@ -144,32 +162,34 @@ class GatedPixelCNN(nnx.Module):
             h = layer.horizontal(h, link, k)
         return self.head.features(h)
 
-    def features(self, z, dropout_key=None):
-        """z (B, H, W, ...) -> the head's features (B, H, W, F); dropout in the layers when given a key."""
+    def features(self, z, dropout_key=None, cond=None):
+        """z (B, H, W, ...) -> the head's features (B, H, W, F); dropout in the layers when given a
+        key; `cond` (B, H, W, C) after `condition_on`."""
         kv, kh = mixture.dropout_keys(dropout_key, 2)
         u = self._input(z)
-        return self.horizontal(u, self.vertical(u, kv), kh)
+        return self.horizontal(u, self.vertical(u, kv, cond), kh)
 
     # ------------------------------------------------------------------ sampling
 
-    def sample(self, key, n: int, mode: str = "fast", *, temperature=1.0):
-        """n maps drawn position by position; `temperature` as the subclass's `_fill` reads it."""
+    def sample(self, key, n: int, mode: str = "fast", *, temperature=1.0, cond=None):
+        """n maps drawn position by position; `temperature` as the subclass's `_fill` reads it;
+        `cond` (n, H, W, C) after `condition_on`."""
         if mode == "naive":
-            return self._sample_naive(key, n, temperature)
+            return self._sample_naive(key, n, temperature, cond)
         if mode == "fast":
-            return self._sample_fast(key, n, temperature)
+            return self._sample_fast(key, n, temperature, cond)
         raise ValueError(f"sampling mode {mode!r}; expected 'fast' or 'naive'")
 
-    def _sample_naive(self, key, n, temperature):
+    def _sample_naive(self, key, n, temperature, cond=None):
         hgt, wid = self.latent_shape[:2]
 
         def body(e, z):
             i, j = jnp.divmod(e, wid)
-            return self._fill(self.features(z)[:, i, j], z, i, j, key, temperature)
+            return self._fill(self.features(z, cond=cond)[:, i, j], z, i, j, key, temperature)
 
         return jax.lax.fori_loop(0, hgt * wid, body, self._canvas(n))
 
-    def _sample_fast(self, key, n, temperature):
+    def _sample_fast(self, key, n, temperature, cond=None):
         """Row by row, carrying for every layer only the window its causal kernel needs:
         the last kh-1 rows of each vertical layer's input, and within a row the last kw-1
         columns of each horizontal layer's input. The input convs read the input itself: the H
@@ -191,6 +211,8 @@ class GatedPixelCNN(nnx.Module):
                 v_next.append(rows[:, 1:])
                 v, link = layer.vertical_row(rows)
                 links.append(link)
+            cond_row = None if cond is None else jax.lax.dynamic_slice_in_dim(cond, i, 1, axis=1)
+            links = self._conditioned(links, cond_row)
 
             def position(j, carry):
                 z, h_prev = carry  # h_prev[l]: columns j-kw+1 .. j-1 of layer l's input

@@ -171,12 +171,14 @@ class Transformer(CausalTransformer):
 
 
 class CodeTransformer(CausalTransformer):
-    """Over a VQ-VAE's (h, w) code maps: learned code embeddings in, a softmax over K codes out."""
+    """Over a VQ-VAE's (h, w) code maps, or any (L,) sequence of codes (a VQ-VAE-2's levels,
+    flattened top first: `priors.code_levels`): learned code embeddings in, a softmax over K codes out."""
 
     def __init__(self, latent_shape, num_codes, features=64, num_layers=4, num_heads=4, dropout=0.0, *,
                  rngs: nnx.Rngs):
-        if len(latent_shape) != 2:
-            raise ValueError(f"a code prior models (h, w) maps of codes; got {tuple(latent_shape)}")
+        if len(latent_shape) not in (1, 2):
+            raise ValueError(f"a code transformer models (h, w) maps or (L,) sequences of codes; got "
+                             f"{tuple(latent_shape)}")
         self.latent_shape, self.num_codes = tuple(latent_shape), int(num_codes)
         self.positions = math.prod(latent_shape)
         self.embed = nnx.Embed(num_codes, features, rngs=rngs)
@@ -187,7 +189,7 @@ class CodeTransformer(CausalTransformer):
         return jnp.zeros((n, self.positions), jnp.int32)
 
     def logits(self, codes, dropout_key=None):
-        """codes (B, h, w) -> (B, h w, K), position t seeing the codes before it."""
+        """codes (B, h, w) or (B, L) -> (B, h w or L, K), position t seeing the codes before it."""
         return self.head(self.trunk(codes.reshape(codes.shape[0], -1), dropout_key))
 
     def log_prob(self, codes, dropout_key=None):
@@ -216,6 +218,7 @@ register(Spec(
     name="transformer_codes",
     fit="gradient",
     latents="categorical",
+    code_sequence=True,
     build=lambda latent_shape, c, rngs, num_codes: CodeTransformer(latent_shape, num_codes, c.features, c.num_layers,
                                                                     c.num_heads, c.dropout, rngs=rngs),
     config=dict(features=64, num_layers=4, num_heads=4, dropout=0.0),

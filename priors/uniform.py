@@ -25,6 +25,6 @@ class Uniform(nnx.Module):
         return jax.random.randint(key, (n, *self.latent_shape), 0, self.num_codes)
 
 
-register(Spec(name="uniform", fit="none", latents="categorical",
+register(Spec(name="uniform", fit="none", latents="categorical", code_sequence=True,
               build=lambda latent_shape, section, rngs, num_codes: Uniform(latent_shape, num_codes),
               doc="uniform over the K codes at every position, the prior the VQ-VAE is trained with"))

@@ -18,6 +18,8 @@ A VQ-VAE's workdir (`vae.models.vq`): uniform over codes against the code priors
 the bound -log p(x|z_q) - log p(z_q) (a point-mass posterior: no sampling, no ELBO column,
 bits/dim for 8-bit data), and the density diagnostics (ELBO surgery, hole rate) give way to
 the code perplexity and codes used by the samples (`report["test_codes"]`: the test images').
+A VQ-VAE-2's (`vae.models.vq2`) is a VQ-VAE's over the flat sequence of its two code maps, its
+code usage given per level as well ('perplexity_top', 'codes_used_bottom', ...).
 A dVAE's (`vae.models.dvae`) is reported as a VQ-VAE's, except that its posterior is a real
 categorical q(c|x) (`report["vae"]["point_mass"]` false): nll_iwae samples k code maps from it,
 the ELBO column stays, latent_nll and the q(z) row read draws c ~ q(c|x), and the
@@ -116,6 +118,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     # (hole rate, ELBO surgery) are for Gaussian posteriors only. A point mass (VQ) has no ELBO.
     continuous = vae.latents == "continuous"
     point_mass = bool(getattr(vae, "point_mass", False))  # a Gaussian VAE's: no
+    levels = getattr(vae, "levels", None)  # a VQ-VAE-2's code maps: code usage per level too
     threshold = heldout = heldout_hole_rate = None
     # The hole threshold comes from the first half of the validation posteriors; the check that
     # held-out latents fall in holes ~1% of the time uses the second half (not the same ones).
@@ -142,7 +145,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
     def score_images(r, z, images):
         """The sample-side metrics of decoded latents z: code usage (VQ), sample metrics, hole rate."""
         if not continuous:  # how much of the codebook the samples use, as the test codes do (report["test_codes"])
-            r.update({f"sample_{k_}": v for k_, v in vq.codebook_usage(z, vae.num_codes).items()})
+            r.update({f"sample_{k_}": v for k_, v in vq.codebook_usage(z, vae.num_codes, levels).items()})
         if real is not None:
             r.update(scoring.score_samples(real, images, timed))
         if continuous:
@@ -219,7 +222,7 @@ def compare(workdir: str, out_dir: str | None = None, *, n_samples: int = 10000,
         "hole_threshold_log_q": threshold,
         "heldout_latent_hole_rate": heldout_hole_rate,
         "heldout_median_log_q": None if heldout is None else float(np.median(heldout)),
-        "test_codes": None if continuous else vq.codebook_usage(test_mean, vae.num_codes),
+        "test_codes": None if continuous else vq.codebook_usage(test_mean, vae.num_codes, levels),
     }
     if temperatures and real is not None:
         validation = scoring.real_side(clf[0], dataset.validation.images, min(n_compared, len(val_mean)), timed,

@@ -23,6 +23,10 @@ GAP_COLUMNS = [("gap_closed_fd_classifier", "FD gap closed"), ("gap_closed_recal
 SUPPORT_COLUMNS = [
     ("prior_hole_rate", "prior_hole_rate"), ("median_log_q", "median log q(z) of samples (nats)"),
     ("sample_perplexity", "code perplexity of samples"), ("sample_codes_used", "codes used by samples"),
+    # a VQ-VAE-2's levels (vae.models.vq2), each with its own codebook
+    ("sample_perplexity_top", "top code perplexity of samples"), ("sample_codes_used_top", "top codes used by samples"),
+    ("sample_perplexity_bottom", "bottom code perplexity of samples"),
+    ("sample_codes_used_bottom", "bottom codes used by samples"),
 ]
 
 
@@ -76,9 +80,11 @@ def markdown_table(report: dict) -> str:
         latents = (f"held-out latents (the validation half that did not set the threshold): hole rate "
                    f"{report['heldout_latent_hole_rate']:.3f}, median log q(z) {report['heldout_median_log_q']:.1f} nats")
     elif point_mass(report):
-        latents = (f"VQ-VAE: the test images' codes have perplexity {codes['perplexity']:.1f} and use "
-                   f"{codes['codes_used']} codes; the posterior is a point mass, so the bound on -log p(x) needs no "
-                   "sampling")
+        per_level = "".join(f", the {name} map's {codes[f'perplexity_{name}']:.1f} and {codes[f'codes_used_{name}']}"
+                            for name in ("top", "bottom") if f"perplexity_{name}" in codes)
+        latents = (f"VQ-VAE{'-2' if per_level else ''}: the test images' codes have perplexity {codes['perplexity']:.1f} and use "
+                   f"{codes['codes_used']} codes{per_level}; the posterior is a point mass, so the bound on -log p(x) "
+                   "needs no sampling")
     else:
         latents = (f"dVAE: the test images' argmax codes have perplexity {codes['perplexity']:.1f} and use "
                    f"{codes['codes_used']} codes; the posterior q(c|x) is categorical, so the bound samples "

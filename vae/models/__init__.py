@@ -10,7 +10,9 @@ Families (`config.vae.arch`, each with its settings in config.vae.<arch>):
   * `vq`:     the conv stacks around a vector quantizer: a (H/4, W/4) map of integer codes
               (`vae.models.vq`, `latents='categorical'`);
   * `dvae`:   DALL-E's discrete VAE: the conv stacks around a categorical posterior over K codes
-              per position, trained through the Gumbel-softmax relaxation (`vae.models.dvae`).
+              per position, trained through the Gumbel-softmax relaxation (`vae.models.dvae`);
+  * `vq2`:    VQ-VAE-2: a top and a bottom map of codes, flattened into one sequence, top first
+              (`vae.models.vq2`, `latents='categorical'`, `levels`).
 The continuous families' posterior is a diagonal Gaussian (`gaussian_vae.VAE`). The decoder
 returns raw parameters per pixel; `losses` turns them into a likelihood (`config.vae.likelihood`):
 Bernoulli logits (binarized), a discretized logistic's mean and log-scale per channel (8-bit
@@ -33,7 +35,7 @@ import priors
 from priors.vamp import VampPrior
 from vae.data import registry as data_registry
 from vae.errors import ConfigError
-from vae.models import conv, dvae, mlp, registry, resnet, vq  # noqa: F401 - the modules register their architectures
+from vae.models import conv, dvae, mlp, registry, resnet, vq, vq2  # noqa: F401 - the modules register their architectures
 from vae.models.gaussian_vae import STANDARD_NORMAL, VAE
 
 LIKELIHOODS = ("bernoulli", "logistic", "logistic_mixture")

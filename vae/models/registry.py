@@ -10,6 +10,9 @@ A `Spec` says everything the rest of the codebase needs to know about an archite
   build         (section, image_shape, latent_shape, likelihood, out_channels, *, rngs, dtype) ->
                 (encoder, decoder) for 'continuous'; the whole model for 'categorical'
   check         section -> None, a ConfigError naming the first field that cannot work
+  levels        'categorical' only: True when the latent is several code maps flattened into one
+                sequence (VQ-VAE-2, `priors.code_levels`; the model has `levels`): stage 2 then
+                offers the priors over code sequences and over levels, not those of one (h, w) map
 
 Adding an architecture is one module in vae/models/ that calls `register(Spec(...))`,
 imported by `vae/models/__init__.py`; `--config.vae.arch=<name>` then selects it.
@@ -35,11 +38,14 @@ class Spec:
     smoke: dict = dataclasses.field(default_factory=dict)
     latents: str = "continuous"
     check: Callable | None = None
+    levels: bool = False
     doc: str = ""
 
     def __post_init__(self):
         if self.latents not in LATENTS:
             raise ValueError(f"architecture {self.name!r}: latents={self.latents!r}; expected one of {LATENTS}")
+        if self.levels and self.latents != "categorical":
+            raise ValueError(f"architecture {self.name!r}: levels=True is for latents='categorical' (maps of codes)")
 
 
 def _unknown(name: str, known) -> ConfigError:

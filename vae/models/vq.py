@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from priors import code_levels
 from priors.uniform import Uniform
 from vae.errors import ConfigError
 from vae.models import losses, registry
@@ -93,10 +94,15 @@ def perplexity(counts):
     return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
 
 
-def codebook_usage(codes, num_codes: int) -> dict:
-    """Perplexity of the code histogram and how many of the K codes occur, over `codes`."""
+def codebook_usage(codes, num_codes: int, levels=None) -> dict:
+    """Perplexity of the code histogram and how many of the K codes occur, over `codes`; with
+    `levels` (a VQ-VAE-2's, `priors.code_levels`), also each level's own, as 'perplexity_<level>'
+    and 'codes_used_<level>' (each level has its own codebook: the pooled numbers mix two)."""
     counts = jnp.bincount(jnp.asarray(codes).reshape(-1), length=num_codes)
-    return {"perplexity": float(perplexity(counts)), "codes_used": int(jnp.sum(counts > 0))}
+    usage = {"perplexity": float(perplexity(counts)), "codes_used": int(jnp.sum(counts > 0))}
+    for name, level_codes in ({} if levels is None else code_levels.split(jnp.asarray(codes), levels)).items():
+        usage |= {f"{key}_{name}": value for key, value in codebook_usage(level_codes, num_codes).items()}
+    return usage
 
 
 class VQVAE(nnx.Module):

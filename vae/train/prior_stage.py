@@ -40,14 +40,18 @@ from vae.train import prior_fits
 log = logging.getLogger(__name__)
 
 
-def prior_names(prior_config, latents: str = "continuous") -> list[str]:
+def prior_names(prior_config, latents: str = "continuous", levels: bool = False) -> list[str]:
     """The priors config.prior.name asks for, checked against the registry and the VAE's
-    latents ('continuous', or a VQ-VAE's 'categorical' code maps)."""
+    latents ('continuous', or a VQ-VAE's 'categorical' code maps; with `levels`, a VQ-VAE-2's
+    code maps flattened into one sequence: the priors of `priors.registry.names_for_levels`)."""
     names = [n.strip() for n in prior_config.name.split(",") if n.strip()]
-    fitting = priors.registry.names(latents=latents)
+    fitting = priors.registry.names_for_levels() if levels else priors.registry.names(latents=latents)
     for n in names:
         if n not in priors.registry.names():
             raise PriorError(f"config.prior.name: {n!r} is not a registered prior; expected some of {fitting}")
+        if n not in fitting and levels and priors.registry.get(n).latents == "categorical":
+            raise PriorError(f"config.prior.name: {n!r} models one (h, w) map of codes, but this VAE's latent is "
+                             f"levels of code maps flattened into one sequence (VQ-VAE-2); expected some of {fitting}")
         if n not in fitting:
             raise PriorError(f"config.prior.name: {n!r} models {priors.registry.get(n).latents} latents, but this "
                              f"VAE's latents are {latents}; expected some of {fitting}")
@@ -138,7 +142,8 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
     stage-2 rerun with another --config.seed gives another fit of the same latents."""
     vae_config = wd.load_config()
     model, step, _ = wd.restore_vae(vae_config)
-    names = prior_names(config.prior, model.latents)
+    levels = getattr(model, "levels", None)  # a VQ-VAE-2's: its code maps, flattened
+    names = prior_names(config.prior, model.latents, levels is not None)
     fitted_to = workdir_lib.vae_fingerprint(model, step)
     wd.log_invocation("prior")
     for other in sorted(set(wd.fitted_prior_names()) - set(names)):
@@ -160,7 +165,8 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
             log.info("prior %s has nothing to fit", name)
             continue
         _prepare_prior_dir(config, wd, name, model.latent_shape, fitted_to)
-        prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed, num_codes=model.num_codes)
+        prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed, num_codes=model.num_codes,
+                             levels=levels)
         key = jax.random.fold_in(fit_key, i)
         if spec.fit == "em":
             fitted[name] = prior_fits.fit_em(config, wd, name, prior, posteriors, z_val, key, mesh)

@@ -74,7 +74,8 @@ def check_config(config) -> None:
     models.latent_shape_from_config(config.vae, image_shape)
     models.likelihood_from_config(config, image_shape[-1])
     if config.stage == "all":  # before training a VAE whose latents stage 2's priors cannot model
-        prior_stage.prior_names(config.prior, models.registry.get(config.vae.arch).latents)
+        arch = models.registry.get(config.vae.arch)
+        prior_stage.prior_names(config.prior, arch.latents, arch.levels)
 
 
 def train_and_evaluate(config, workdir: str, *, max_epochs_this_run: int | None = None):

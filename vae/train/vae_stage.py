@@ -179,7 +179,8 @@ def train_vae(config, wd, dataset, *, max_epochs_this_run: int | None = None):
             m = evaluation_data.evaluate(elbo_fn, state["params"], eval_data.images(split), eval_data.elbo_key,
                                     tc.eval_batch_size, bits_per_dim=not config.data.binarize, mesh=mesh)
             if model.latents == "categorical":  # what VQ users watch: how much of the codebook is in use
-                m |= vq.codebook_usage(eval_data.posteriors(model, split)[0], model.num_codes)
+                m |= vq.codebook_usage(eval_data.posteriors(model, split)[0], model.num_codes,
+                                       getattr(model, "levels", None))
             wd.append_metrics({"step": step, "epoch": epoch, "split": split, **m})
             results[split] = m
         if jax.process_index() == 0:

@@ -57,13 +57,17 @@ def load_priors(wd, vae, fitted_to: dict, *, learned: bool = True) -> dict:
     if vae.joint_prior_label:
         out[vae.joint_prior_label] = vae.prior
     if learned:
-        out |= {n: load_prior(wd, n, vae.latent_shape, fitted_to, vae.num_codes) for n in fitted_prior_names(wd)}
+        levels = getattr(vae, "levels", None)  # a VQ-VAE-2's code maps
+        out |= {n: load_prior(wd, n, vae.latent_shape, fitted_to, vae.num_codes, levels)
+                for n in fitted_prior_names(wd)}
     return out
 
 
-def load_prior(wd, name: str, latent_shape, fitted_to: dict | None = None, num_codes: int | None = None):
-    """A prior for this VAE's `latent_shape` (and `num_codes`, a VQ-VAE's): built, and restored if
-    it is fitted. With `fitted_to` (a `vae_fingerprint`), one fitted to another VAE checkpoint is refused."""
+def load_prior(wd, name: str, latent_shape, fitted_to: dict | None = None, num_codes: int | None = None,
+               levels=None):
+    """A prior for this VAE's `latent_shape` (and `num_codes`, a VQ-VAE's; `levels`, a VQ-VAE-2's):
+    built, and restored if it is fitted. With `fitted_to` (a `vae_fingerprint`), one fitted to
+    another VAE checkpoint is refused."""
     if name in priors.registry.names(fit="none"):
         return priors.build(name, latent_shape, num_codes=num_codes)
     record = provenance.require_prior_record(wd, name)
@@ -78,6 +82,6 @@ def load_prior(wd, name: str, latent_shape, fitted_to: dict | None = None, num_c
             f"(python train.py --config <config> --workdir {wd.path} --config.stage=prior fits the best "
             "checkpoint), or open this checkpoint without learned priors: vae.load(W, ..., learned_priors=False)")
     prior = priors.build(name, latent_shape, ml_collections.ConfigDict(record["prior"]), seed=record["seed"],
-                         num_codes=num_codes)
+                         num_codes=num_codes, levels=levels)
     graphdef, state = nnx.split(prior)
     return nnx.merge(graphdef, checkpoint.restore(wd.prior_checkpoints(name), {"prior": state})["prior"])

@@ -203,7 +203,7 @@ def markdown(summary: dict) -> str:
         lines += [f"| {v['metric']} | {v['best_autoregressive']} | {v['margin']:.4g} | {v['two_sd']:.2g} | "
                   f"{'yes' if v['beats_gmm_by_2_sd'] else 'no'} |" for v in summary["verdicts"]]
     if summary.get("references"):
-        lines += ["", "Reference rows (decoded from validation images) and the gap each prior closes "
+        lines += ["", "Reference rows (decoded from distinct training images) and the gap each prior closes "
                   "(0 at N(0, I), 1 at q(z)):", "", "| row | " + " | ".join(SAMPLE_METRICS) + " |",
                   "| --- |" + " --- |" * len(SAMPLE_METRICS)]
         lines += [f"| {name} | " + " | ".join(_mean_sd(row[m]) for m in SAMPLE_METRICS) + " |"

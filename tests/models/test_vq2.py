@@ -46,6 +46,7 @@ def test_split_and_join_are_inverse():
         code_levels.split(codes[:, :19], LEVELS)
 
 
+@pytest.mark.slow  # ~15 s on the 2-core CPU
 def test_the_model_reads_and_writes_one_code_sequence():
     model = tiny_model()
     assert model.levels == LEVELS and model.latent_shape == (20,)

@@ -34,6 +34,7 @@ def two_level(levels=LEVELS, k=5, seed=0):
     return prior
 
 
+@pytest.mark.slow  # 20-25 s on the 2-core CPU
 def test_the_bottom_prior_is_causal_over_its_own_positions():
     """Changing the bottom code at p changes the bottom logits at every later position and at
     none before or at p (raster order), the top codes fixed."""

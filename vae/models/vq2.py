@@ -34,7 +34,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from priors import code_levels
-from priors.uniform import Uniform
 from vae.errors import ConfigError
 from vae.models import losses, registry
 from vae.models.layers import depth_to_space
@@ -140,13 +139,6 @@ class VQVAE2(VQVAE):
         maps = code_levels.split(codes, self.levels)
         z_q_top, z_q_bottom = self.top_quantizer.lookup(maps["top"]), self.bottom_quantizer.lookup(maps["bottom"])
         return self.decoder(z_q_bottom, z_q_top).astype(jnp.float32)
-
-    def log_prior(self, codes):
-        """log p(z) under the uniform prior of training: -L log K for every code sequence."""
-        return Uniform(self.latent_shape, self.num_codes).log_prob(codes)
-
-    def sample_prior(self, key, n: int):
-        return Uniform(self.latent_shape, self.num_codes).sample(key, n)
 
     def _terms(self, x):
         levels = self._quantize(x)

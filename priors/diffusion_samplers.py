@@ -14,6 +14,13 @@ the predicted noise, and score_correction(z, gamma) = f, with eps_hat = sigma (z
              is its Euler step y_s = y_t + (tau_s - tau_t) eps_hat(t). N evaluations. First order:
              exact where the data prediction x_hat is constant along the path (a point mass), it
              shrinks N(0, I) itself by cos(theta_t - theta_s) a step (alpha = cos theta).
+  dpmpp_2m   DPM-Solver++(2M) (Lu et al. 2022; k-diffusion's sample_dpmpp_2m): the probability-flow
+             ODE in lambda = log(alpha / sigma) = -gamma / 2, solved exactly in its linear part
+             with the data prediction x_hat = (z - sigma eps_hat) / alpha extrapolated linearly
+             from the previous step (second order, multistep), the first step and the last
+             first order (the last as the reference code's lower_order_final: steadier at few
+             steps). N network evaluations: on Fashion-MNIST latents 6 steps match Heun's 8
+             (16 evaluations) in latent Frechet distance (docs/priors.md).
   heun       the probability-flow ODE by Heun's method (Karras et al. 2022), written where it is
              simplest for a prior near N(0, I): with eps_hat = sigma (z + f), the ODE is
              dz/dgamma = sigma^2 f / 2, i.e. dz/dw = f in w = softplus(gamma) / 2 (sigma^2 =
@@ -39,7 +46,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-SAMPLERS = ("ancestral", "ddim", "heun")
+SAMPLERS = ("ancestral", "ddim", "dpmpp_2m", "heun")
 
 
 def _grid(prior, steps: int):
@@ -86,6 +93,21 @@ def sample(prior, sampler: str, key, n: int, steps: int, temperature: float = 1.
         slope = prior.score_correction(z, full(gt))
         slope_end = prior.score_correction(z + dw * slope, full(gs))
         return z + dw * 0.5 * (slope + slope_end), None
+
+    def dpmpp_2m_step(carry, inputs):
+        z, x_prev, h_prev = carry
+        i, gt, gs = inputs
+        sigma_t, sigma_s = jnp.sqrt(jax.nn.sigmoid(gt)), jnp.sqrt(jax.nn.sigmoid(gs))
+        x_hat = (z - sigma_t * prior.eps_hat(z, full(gt))) / _alpha(gt)
+        h = 0.5 * (gt - gs)  # lambda_s - lambda_t > 0
+        first_order = (i == 0) | (i == steps - 1)
+        d = x_hat + jnp.where(first_order, 0.0, h / (2.0 * h_prev)) * (x_hat - x_prev)
+        return (sigma_s / sigma_t * z - _alpha(gs) * jnp.expm1(-h) * d, x_hat, h), None
+
+    if sampler == "dpmpp_2m":
+        (z0, _, _), _ = jax.lax.scan(dpmpp_2m_step, (z1, jnp.zeros_like(z1), jnp.ones(())),
+                                     (jnp.arange(steps), g_t, g_s))
+        return z0 / _alpha(g_s[-1])
 
     if sampler == "heun":
         z0, _ = jax.lax.scan(heun_step, z1, (g_t, g_s))

@@ -149,7 +149,7 @@ def sampler_of(prior):
 
 
 @pytest.mark.slow  # ~30 s a sampler on the 2-core CPU (the default-size U-Net compiles per sampler)
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "heun"])
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpmpp_2m", "heun"])
 def test_temperature_one_is_the_default_and_below_one_shrinks_the_spread(sampler):
     """T = 1 draws what sample(key, n) draws, bit for bit; T = 1/2 shrinks a trained-looking
     prior's spread, and the N(0, I) prior's (network at zero: every sampler is then linear in
@@ -240,7 +240,7 @@ def test_fitted_to_a_mixture_its_bound_is_tight_and_every_sampler_finds_the_mode
     ode = float(jax.jit(prior.log_prob_ode)(held).mean())
     assert abs(ode - bound) < 0.05, (ode, bound)
 
-    for sampler, steps in (("ancestral", 256), ("ddim", 32), ("heun", 16)):
+    for sampler, steps in (("ancestral", 256), ("ddim", 32), ("dpmpp_2m", 8), ("heun", 16)):
         prior.sampler, prior.sample_steps = sampler, steps
         samples = sampler_of(prior)(jax.random.key(3), 5000)
         quadrants = np.histogram2d(samples[:, 0], samples[:, 1], bins=[[-9, 0, 9], [-9, 0, 9]])[0].ravel()

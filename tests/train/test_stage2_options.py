@@ -12,7 +12,7 @@ from vae import workdir as workdir_lib
 from vae.data import input_pipeline
 from vae.errors import ConfigError, PriorError
 from vae.evaluation import evaluation_data
-from vae.train import prior_stage, stages
+from vae.train import prior_fits, prior_stage, stages
 
 
 def test_binarization_once_or_per_epoch(smoke_workdir):
@@ -78,6 +78,35 @@ def test_bad_stage_two_choice_is_a_clear_error(field, value):
     config = mlp_config()
     config.prior[field] = value
     with pytest.raises(ConfigError, match=f"config.prior.{field}="):
+        stages.check_config(config)
+
+
+def test_a_prior_section_sets_its_own_learning_rate_and_ema(straight_run, copy_of, monkeypatch):
+    """config.prior.<name>.learning_rate / ema_decay win over the shared ones for that prior alone
+    (the diffusion prior's registry section sets both); the prior's record keeps what it got."""
+    workdir = copy_of(straight_run)
+    config = mlp_config()
+    config.stage, config.prior.name = "prior", "made,diffusion"
+    config.prior.diffusion.learning_rate = 2e-3
+    fitted_with = {}
+
+    def spy_fit(fit_config, wd, name, prior, *args, **kwargs):
+        fitted_with[name] = (fit_config.prior.learning_rate, fit_config.prior.ema_decay)
+        return prior
+
+    monkeypatch.setattr(prior_fits, "fit_gradient", spy_fit)
+    stages.train_and_evaluate(config, str(workdir))
+    assert fitted_with == {"made": (config.prior.learning_rate, config.prior.ema_decay), "diffusion": (2e-3, 0.999)}
+    assert config.prior.ema_decay == 0.0  # the run's own config is left as it was
+    record = workdir_lib.open(workdir).prior_record("diffusion")["prior"]
+    assert (record["learning_rate"], record["ema_decay"]) == (2e-3, 0.999)
+
+
+@pytest.mark.parametrize("field, value", [("learning_rate", 0.0), ("ema_decay", 1.0)])
+def test_a_prior_sections_bad_fit_setting_is_a_clear_error(field, value):
+    config = mlp_config()
+    config.prior.diffusion[field] = value
+    with pytest.raises(ConfigError, match=f"config.prior.diffusion.{field}={value}"):
         stages.check_config(config)
 
 

@@ -111,6 +111,24 @@ def _sampled_training_posteriors(config, eval_data, model):
     return lambda index: view(binarize_fresh(jnp.asarray(images), index))
 
 
+# Shared stage-2 settings a prior's own section may set for that prior alone: the diffusion
+# prior's registry config carries its learning rate and an EMA (config.prior.diffusion.*).
+OWN_FIT_SETTINGS = ("learning_rate", "ema_decay")
+
+
+def fit_config(config, name: str):
+    """The config stage 2 fits prior `name` with: `config.prior`'s shared settings, except those of
+    OWN_FIT_SETTINGS that `config.prior.<name>` sets, which win for this prior (`--config.prior.ema_decay`
+    does not reach a prior whose section sets its own: set `--config.prior.<name>.ema_decay`)."""
+    own = {k: config.prior[name][k] for k in OWN_FIT_SETTINGS if name in config.prior and k in config.prior[name]}
+    if not own:
+        return config
+    fitted = config.copy_and_resolve_references()
+    with fitted.unlocked():
+        fitted.prior.update(own)
+    return fitted
+
+
 FIT_CHOICES = ("fit_target", "latent_draws", "em_draws_per_image", "binarization", "ema_decay", "patience")
 
 
@@ -164,13 +182,14 @@ def fit_priors(config, wd, dataset, *, max_epochs_this_run=None) -> dict:
         if spec.fit == "none":
             log.info("prior %s has nothing to fit", name)
             continue
-        _prepare_prior_dir(config, wd, name, model.latent_shape, fitted_to)
+        prior_config = fit_config(config, name)
+        _prepare_prior_dir(prior_config, wd, name, model.latent_shape, fitted_to)
         prior = priors.build(name, model.latent_shape, config.prior, seed=config.seed, num_codes=model.num_codes,
                              levels=levels)
         key = jax.random.fold_in(fit_key, i)
         if spec.fit == "em":
-            fitted[name] = prior_fits.fit_em(config, wd, name, prior, posteriors, z_val, key, mesh)
+            fitted[name] = prior_fits.fit_em(prior_config, wd, name, prior, posteriors, z_val, key, mesh)
         else:
-            fitted[name] = prior_fits.fit_gradient(config, wd, name, prior, posteriors, num_latents, z_val, key, mesh,
-                                        max_epochs_this_run=max_epochs_this_run)
+            fitted[name] = prior_fits.fit_gradient(prior_config, wd, name, prior, posteriors, num_latents, z_val,
+                                                   key, mesh, max_epochs_this_run=max_epochs_this_run)
     return fitted

@@ -14,6 +14,7 @@ import functools
 import logging
 import signal
 
+import priors
 from vae import models
 from vae.data import input_pipeline
 from vae.data import registry as data_registry
@@ -66,6 +67,12 @@ def check_config(config) -> None:
         ("prior.em_draws_per_image", pc.em_draws_per_image == 1 or pc.fit_target == "sample",
          "1 with prior.fit_target='mean' (more draws of the means are copies of the same points)"),
     ]
+    for name in priors.registry.names():  # a prior's own stage-2 settings (prior_stage.OWN_FIT_SETTINGS)
+        own = pc.get(name, {})
+        if "learning_rate" in own:
+            rules.append((f"prior.{name}.learning_rate", own.learning_rate > 0, "> 0"))
+        if "ema_decay" in own:
+            rules.append((f"prior.{name}.ema_decay", 0 <= own.ema_decay < 1, "in [0, 1) (0: no EMA)"))
     for field, ok, expected in rules:
         if not ok:
             value = functools.reduce(lambda c, k: c[k], field.split("."), config)

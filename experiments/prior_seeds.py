@@ -28,9 +28,11 @@ import os
 import shutil
 import sys
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+import priors
 # experiments/summary.py, beside this script (running it puts this folder on sys.path)
 from experiments import summary as summary_lib
 from vae import cli
@@ -38,7 +40,7 @@ from vae import workdir as workdir_lib
 from vae.data import input_pipeline
 from vae.data import registry as data_registry
 from vae.evaluation import classifier, report
-from vae.train import stages
+from vae.train import prior_stage, stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:preset] (as given to train.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir with a trained VAE.")
@@ -59,9 +61,16 @@ AUTOREGRESSIVE = ("pixelcnn", "transformer", "made")
 
 
 def same_fit(record: dict, prior_config) -> bool:
-    """Was a prior fitted with these stage-2 settings (all of config.prior but the name list)?"""
-    ours = json.loads(prior_config.to_json())
-    return {k: v for k, v in record["prior"].items() if k != "name"} == {k: v for k, v in ours.items() if k != "name"}
+    """Was the prior of `record` fitted with these stage-2 settings: config.prior's shared ones (all
+    but the name list and the other priors' sections) and its own section, as stage 2 applies them
+    (`prior_stage.fit_config`)?"""
+    name = record["name"]
+    ours = json.loads(prior_stage.fit_config(ml_collections.ConfigDict({"prior": prior_config}), name).prior.to_json())
+    sections = set(priors.registry.names())
+
+    def relevant(settings):
+        return {k: v for k, v in settings.items() if k != "name" and (k not in sections or k == name)}
+    return relevant(record["prior"]) == relevant(ours)
 
 
 def seed_workdir(source: workdir_lib.Workdir, path: str, seed: int, names, prior_config) -> workdir_lib.Workdir:

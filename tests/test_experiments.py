@@ -6,6 +6,25 @@ import json
 from tests.conftest import read_metrics, run_cli, snapshot
 
 
+def test_prior_seeds_reuses_a_fit_whose_own_settings_are_unchanged():
+    """A source fit is copied when the shared stage-2 settings and the prior's own section match,
+    as stage 2 applies them: another prior's section does not matter, the prior's own does, and a
+    shared setting its section overrides does not."""
+    from configs import base
+    from experiments.prior_seeds import same_fit
+    from vae.train import prior_stage
+
+    config = base.get_base_config()
+    record = lambda name: {"name": name, "prior": json.loads(prior_stage.fit_config(config, name).prior.to_json())}  # noqa: E731
+    pixelcnn, diffusion = record("pixelcnn"), record("diffusion")
+    config.prior.transformer.features += 1
+    assert same_fit(pixelcnn, config.prior) and same_fit(diffusion, config.prior)
+    config.prior.ema_decay = 0.5  # diffusion's section sets its own
+    assert not same_fit(pixelcnn, config.prior) and same_fit(diffusion, config.prior)
+    config.prior.diffusion.sample_steps += 1
+    assert not same_fit(diffusion, config.prior)
+
+
 def test_prior_seeds_fits_each_seed_once_and_reports_mean_and_sd(smoke_workdir, copy_of, mnist_dir):
     work = copy_of(smoke_workdir)
     args = ["experiments/prior_seeds.py", "--config", "configs/mnist.py:smoke", f"--config.data.idx_dir={mnist_dir}",

@@ -28,7 +28,6 @@ import os
 import shutil
 import sys
 
-import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -40,7 +39,7 @@ from vae import workdir as workdir_lib
 from vae.data import input_pipeline
 from vae.data import registry as data_registry
 from vae.evaluation import classifier, report
-from vae.train import prior_stage, stages
+from vae.train import stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:preset] (as given to train.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir with a trained VAE.")
@@ -63,9 +62,9 @@ AUTOREGRESSIVE = ("pixelcnn", "transformer", "made")
 def same_fit(record: dict, prior_config) -> bool:
     """Was the prior of `record` fitted with these stage-2 settings: config.prior's shared ones (all
     but the name list and the other priors' sections) and its own section, as stage 2 applies them
-    (`prior_stage.fit_config`)?"""
+    (`priors.fit_settings`)?"""
     name = record["name"]
-    ours = json.loads(prior_stage.fit_config(ml_collections.ConfigDict({"prior": prior_config}), name).prior.to_json())
+    ours = json.loads(priors.fit_settings(prior_config, name).to_json())
     sections = set(priors.registry.names())
 
     def relevant(settings):

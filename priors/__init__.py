@@ -5,7 +5,8 @@ with the VAE in its ELBO (stage 1, `config.vae.prior`: any gradient-fitted prior
 `vamp`, the VampPrior over the VAE's own encoder, which the VAE builds and the registry does
 not list); nothing here imports training code. Each module registers itself (see `priors.registry`); importing this
 package imports every module in it, so a new prior is one new file.
-`build(name, latent_shape, prior_config)` makes one from config.prior.
+`build(name, latent_shape, prior_config)` makes one from config.prior; `fit_settings(prior_config,
+name)` is config.prior as stage 2 fits that prior.
 """
 
 from __future__ import annotations
@@ -29,10 +30,31 @@ from priors.pixelcnn import PixelCNN  # noqa: E402
 from priors.standard_normal import StandardNormal  # noqa: E402
 from priors.transformer import Transformer  # noqa: E402
 
-__all__ = ["GMM", "MADE", "NAMES", "BASELINE", "PixelCNN", "Prior", "StandardNormal", "Transformer", "build", "registry"]
+__all__ = ["GMM", "MADE", "NAMES", "BASELINE", "PixelCNN", "Prior", "StandardNormal", "Transformer", "build",
+           "fit_settings", "registry"]
 NAMES = registry.names()
 BASELINE = "standard_normal"  # N(0, I), the default stage-1 prior; every report scores it beside the others
 BASELINES = {"continuous": BASELINE, "categorical": "uniform", "code_levels": "uniform"}  # stage 1's, per latent kind
+
+
+# Shared stage-2 settings (config.prior.*) a prior's own section may set for that prior alone: the
+# diffusion prior's registry config carries its learning rate and an EMA.
+OWN_FIT_SETTINGS = ("learning_rate", "ema_decay")
+
+
+def fit_settings(prior_config, name: str):
+    """config.prior as stage 2 fits prior `name`: the shared settings, except those of OWN_FIT_SETTINGS
+    that config.prior.<name> sets, which win for this prior (a copy then; else `prior_config` itself).
+    So `--config.prior.ema_decay` does not reach a prior whose section sets its own: set
+    `--config.prior.<name>.ema_decay`."""
+    section = prior_config.get(name) or {}
+    own = {k: section[k] for k in OWN_FIT_SETTINGS if k in section}
+    if not own:
+        return prior_config
+    settings = prior_config.copy_and_resolve_references()
+    with settings.unlocked():
+        settings.update(own)
+    return settings
 
 
 class Prior(Protocol):

@@ -195,7 +195,7 @@ register(Spec(
     config=dict(network="auto", channels=(32, 64), bottleneck=64, hidden=256, num_blocks=2, schedule="fixed",
                 gamma_min=-13.3, gamma_max=5.0, learn_endpoints=False, sampler="dpmpp_2m", sample_steps=6,
                 bound_samples=16, ode_steps=50, exact_divergence_dims=16,
-                # Its stage-2 settings (vae.train.prior_stage.OWN_FIT_SETTINGS), beside the shared
+                # Its stage-2 settings (priors.OWN_FIT_SETTINGS), beside the shared
                 # config.prior.*: a higher learning rate and an EMA of the weights (docs/priors.md).
                 learning_rate=3e-3, ema_decay=0.999),
     smoke=dict(channels=(8, 16), bottleneck=32, hidden=32, num_blocks=1, sample_steps=4, bound_samples=4,

@@ -12,10 +12,10 @@ def test_prior_seeds_reuses_a_fit_whose_own_settings_are_unchanged():
     shared setting its section overrides does not."""
     from configs import base
     from experiments.prior_seeds import same_fit
-    from vae.train import prior_stage
+    import priors
 
     config = base.get_base_config()
-    record = lambda name: {"name": name, "prior": json.loads(prior_stage.fit_config(config, name).prior.to_json())}  # noqa: E731
+    record = lambda name: {"name": name, "prior": json.loads(priors.fit_settings(config.prior, name).to_json())}  # noqa: E731
     pixelcnn, diffusion = record("pixelcnn"), record("diffusion")
     config.prior.transformer.features += 1
     assert same_fit(pixelcnn, config.prior) and same_fit(diffusion, config.prior)

@@ -111,21 +111,14 @@ def _sampled_training_posteriors(config, eval_data, model):
     return lambda index: view(binarize_fresh(jnp.asarray(images), index))
 
 
-# Shared stage-2 settings a prior's own section may set for that prior alone: the diffusion
-# prior's registry config carries its learning rate and an EMA (config.prior.diffusion.*).
-OWN_FIT_SETTINGS = ("learning_rate", "ema_decay")
-
-
 def fit_config(config, name: str):
-    """The config stage 2 fits prior `name` with: `config.prior`'s shared settings, except those of
-    OWN_FIT_SETTINGS that `config.prior.<name>` sets, which win for this prior (`--config.prior.ema_decay`
-    does not reach a prior whose section sets its own: set `--config.prior.<name>.ema_decay`)."""
-    own = {k: config.prior[name][k] for k in OWN_FIT_SETTINGS if name in config.prior and k in config.prior[name]}
-    if not own:
+    """The run's config with config.prior as stage 2 fits prior `name` (`priors.fit_settings`)."""
+    settings = priors.fit_settings(config.prior, name)
+    if settings is config.prior:
         return config
     fitted = config.copy_and_resolve_references()
     with fitted.unlocked():
-        fitted.prior.update(own)
+        fitted.prior = settings
     return fitted
 
 

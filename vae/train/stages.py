@@ -67,7 +67,7 @@ def check_config(config) -> None:
         ("prior.em_draws_per_image", pc.em_draws_per_image == 1 or pc.fit_target == "sample",
          "1 with prior.fit_target='mean' (more draws of the means are copies of the same points)"),
     ]
-    for name in priors.registry.names():  # a prior's own stage-2 settings (prior_stage.OWN_FIT_SETTINGS)
+    for name in priors.registry.names():  # a prior's own stage-2 settings (priors.OWN_FIT_SETTINGS)
         own = pc.get(name, {})
         if "learning_rate" in own:
             rules.append((f"prior.{name}.learning_rate", own.learning_rate > 0, "> 0"))

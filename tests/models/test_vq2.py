@@ -185,6 +185,7 @@ def test_smoke_vq2_trains_fits_the_two_level_prior_and_reports(mnist_dir, tmp_pa
     config = mnist_config("mnist_vq2")
     config.prior.name = "pixelcnn_codes_2level"
     config.vae.vq2.bottom_downsampling = 4  # 7x7 bottom, 4x4 top: L = 65, a quarter of the default's cost
+    config.train.num_epochs, config.prior.num_epochs = 3, 2  # enough to learn, as asserted below
     stages.train_and_evaluate(config, str(workdir))
     records = read_metrics(workdir)
     val = [r for r in records if r["split"] == "validation" and "prior" not in r]

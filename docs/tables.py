@@ -1,11 +1,13 @@
-"""The published results tables, generated from the report.json files committed beside them.
+"""The published results tables, generated from the report.json files (sample.py) and summary.json
+files (experiments/prior_seeds.py: mean ± sd over fit seeds) committed beside them.
 
   python docs/tables.py                   # check: every block in README.md and docs/*.md
                                           # against docs/reports/NAME.json; exit 1 naming
                                           # each number that differs
   python docs/tables.py --write           # rewrite the blocks from the reports
   python docs/tables.py --add W/report/report.json --name fashion_mnist
-                                          # copy a new report in (then --write)
+                                          # copy a new report (or a W/prior_seeds/summary.json)
+                                          # in (then --write)
 
 A block sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->` and is the whole table
 of docs/reports/NAME.json, led by one line naming the command, commit and machine that made it;
@@ -44,8 +46,32 @@ def machine(rep: dict) -> str:
     return rep.get("machine") or "the 2-core CPU"
 
 
+SEED_COLUMNS = [("latent_nll", "latent NLL (test, nats)"), ("nll_iwae", "nll_iwae[{k}] (nats)"),
+                ("fd_classifier", "fd_classifier"), ("precision", "precision"), ("recall", "recall"),
+                ("gap_closed_fd_classifier", "FD gap closed"), ("gap_closed_recall", "recall gap closed"),
+                ("fit_seconds", "fit (s)")]
+
+
+def seeds_table(summary: dict, keys: list[str] | None = None) -> str:
+    """The block's body for an experiments/prior_seeds.py summary.json: each prior's mean ± sd over
+    fit seeds, then the reference rows' sample metrics."""
+    commit = ((summary.get("code") or {}).get("commit") or "unknown")[:10]
+    columns = [(key, head.format(k=summary["k"])) for key, head in SEED_COLUMNS if not keys or key in keys]
+    head = ["prior", *(h for _, h in columns)]
+    lines = [f"`{summary['command']}` at commit {commit} on {machine(summary)}: {summary['n_samples']} samples per "
+             f"prior and seed, mean ± sd over fit seeds {summary['seeds']}.",
+             "", "| " + " | ".join(head) + " |", "| --- |" + " --- |" * (len(head) - 1)]
+    rows = [*summary["priors"].items(), *((f"{name} (reference)", row) for name, row in summary["references"].items())]
+    for name, row in rows:
+        cells = [f"{row[k]['mean']:.4g} ± {row[k]['sd']:.2g}" if k in row else "—" for k, _ in columns]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table(rep: dict, keys: list[str] | None = None) -> str:
-    """The block's body for one report: the provenance line, then the table."""
+    """The block's body for one report (or prior_seeds summary): the provenance line, then the table."""
+    if "verdicts" in rep:
+        return seeds_table(rep, keys)
     code = rep.get("code") or {}
     commit = (code.get("commit") or "unknown")[:10]
     columns = report_table.columns(rep)

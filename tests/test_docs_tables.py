@@ -37,3 +37,25 @@ def test_an_edited_number_fails_the_check_and_is_named(tmp_path):
     assert f"the page says '{edited_cell}1'" in result.stderr
     page.write_text(text)
     assert run_check(root).returncode == 0
+
+
+def test_a_prior_seeds_summary_is_shown_as_mean_and_sd_over_fit_seeds():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tables", REPO / "docs" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    stat = lambda mean, sd: {"mean": mean, "sd": sd, "values": []}  # noqa: E731
+    summary = {"command": "python experiments/prior_seeds.py", "code": {"commit": "0123456789abcdef", "dirty": False},
+               "seeds": [0, 1, 2], "n_samples": 5000, "k": 10, "verdicts": [],
+               "priors": {"standard_normal": {"latent_nll": stat(276.3, 0.02)},
+                          "diffusion": {"latent_nll": stat(210.123, 0.456), "fd_classifier": stat(40.5, 1.25),
+                                        "fit_seconds": stat(512.4, 30.0)}},
+               "references": {"q(z)": {"fd_classifier": stat(20.0, 0.13)}}}
+    body = tables.table(summary, ["latent_nll", "fd_classifier", "fit_seconds"])
+    lines = body.splitlines()
+    assert lines[0] == ("`python experiments/prior_seeds.py` at commit 0123456789 on the 2-core CPU: 5000 samples per "
+                        "prior and seed, mean ± sd over fit seeds [0, 1, 2].")
+    assert lines[2] == "| prior | latent NLL (test, nats) | fd_classifier | fit (s) |"
+    assert lines[4:] == ["| N(0, I) | 276.3 ± 0.02 | — | — |", "| diffusion | 210.1 ± 0.46 | 40.5 ± 1.2 | 512.4 ± 30 |",
+                         "| q(z) (reference) | — | 20 ± 0.13 | — |"]

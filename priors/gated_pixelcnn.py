@@ -8,7 +8,7 @@ Causality without masks, by shifting (as PixelCNN++ does), with a full receptive
     W wide, so h[i, j] sees every (i, < j); its later convs are 1 x (k//2+1) on the row, left
     of and at j;
   * v feeds h at the same position, so every conditional sees every earlier position at any
-    depth (tests/priors/test_priors.py checks it with the Jacobian, element by element). The input
+    depth (tests/priors/test_priors.py checks it element by element, perturbing each one). The input
     convs cost one (H x 2W-1) and one (1 x W) kernel; the layers stay small.
 Training-time dropout (config `dropout`) acts on each gated layer's residual branch when
 `log_prob` is given a `dropout_key`.

@@ -79,7 +79,7 @@ def test_gradient_reaches_the_encoder_through_both_quantizers():
     def loss(model):
         return jnp.mean(model.elbo(x)["loss"])
 
-    grads = nnx.grad(loss)(model)
+    grads = nnx.jit(nnx.grad(loss))(model)  # jitted: one compile, not one per eager op
     for layer in ("top_out", "bottom_out"):  # z_e_top's and z_e_bottom's own convs
         assert float(jnp.max(jnp.abs(grads.encoder[layer].kernel[...]))) > 0, layer
     # and the quantizer is the identity backwards: the gradient at z_e_top is the one at z_q_top
@@ -94,7 +94,8 @@ def test_gradient_reaches_the_encoder_through_both_quantizers():
         return jnp.sum(model.encoder.bottom(h_b, z_q) ** 2)
 
     z_q_top = model.top_quantizer.lookup(model.top_quantizer.codes(z_e_top))
-    np.testing.assert_allclose(jax.grad(through_quantizer)(z_e_top), jax.grad(at_codes)(z_q_top), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.grad(through_quantizer))(z_e_top), jax.jit(jax.grad(at_codes))(z_q_top),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_each_level_takes_its_own_ema_step_toward_its_assignments():

@@ -3,6 +3,7 @@ flat (L,) code sequence of `priors.code_levels`, on tiny maps with its randomly 
 (non-zero) parameters: causal over the bottom's own positions, conditioned on the top codes,
 normalized, and sampled top first."""
 
+import functools
 import itertools
 
 import jax
@@ -20,6 +21,7 @@ NAME = "pixelcnn_codes_2level"
 LEVELS = (("top", (2, 2)), ("bottom", (4, 4)))
 
 
+@functools.cache  # ~10 s to build; the tests only read it
 def two_level(levels=LEVELS, k=5, seed=0):
     """The smoke-sized prior with every parameter drawn at random, biases included: at its zero
     biases the first position of a fresh PixelCNN has equal logits, whatever it is given."""
@@ -30,7 +32,7 @@ def two_level(levels=LEVELS, k=5, seed=0):
     return jitter(prior, 0.3, seed=seed + 100)
 
 
-@pytest.mark.slow  # 20-25 s on the 2-core CPU, nearly all of it building two_level()
+@pytest.mark.slow  # 10-15 s on the 2-core CPU, most of it building two_level() (shared with the next tests)
 def test_the_bottom_prior_is_causal_over_its_own_positions():
     """A perturbation check (`dependence`): changing the bottom code at p changes the bottom
     logits at every later position and at none before or at p (raster order), the top codes fixed."""

@@ -5,9 +5,10 @@
       [--dpm_steps 6] [--heun_steps 8] [--ddim_steps 16] [--ancestral_steps 256] [--n_ancestral 2000]
 
 On the config's spatial latent (configs/fashion_mnist.py: 7x7x4) with the diffusion prior at its
-default size (config.prior.diffusion; untrained weights cost what trained ones do). DPM-Solver++(2M)
-and DDIM take one network evaluation a step, Heun two, ancestral sampling one. Ancestral sampling draws `n_ancestral` latents (its cost is linear in n) and
-its time for n is scaled from them, as benchmarks/prior_sampling.py does for naive sampling.
+default size (config.prior.diffusion; untrained weights cost what trained ones do). DPM-Solver++(2M),
+DDIM and ancestral sampling take one network evaluation a step, Heun two. Ancestral sampling draws
+`n_ancestral` latents (its cost is linear in n) and its time for n is scaled from them, as
+benchmarks/prior_sampling.py does for naive sampling.
 Timings exclude compilation (each function runs once before it is timed; `peak.no_compilation`
 checks it). Prints each sampler's time for n latents and the ancestral / few-step ratio.
 """

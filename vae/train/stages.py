@@ -27,6 +27,10 @@ STAGES = ("vae", "prior", "all")
 log = logging.getLogger(__name__)
 
 
+FIT_SETTING_RULES = {"learning_rate": (lambda v: v > 0, "> 0"),
+                     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)")}
+
+
 def check_config(config) -> None:
     """Raises ConfigError naming the first field whose value cannot work."""
     tc, pc = config.train, config.prior
@@ -56,10 +60,8 @@ def check_config(config) -> None:
          " or ".join(repr(d) for d in models.COMPUTE_DTYPES)),
         ("prior.num_epochs", pc.num_epochs >= 0, ">= 0"),
         ("prior.batch_size", pc.batch_size >= 1, ">= 1"),
-        ("prior.learning_rate", pc.learning_rate > 0, "> 0"),
         ("prior.steps_per_call", pc.steps_per_call >= 0, ">= 0"),
         ("prior.patience", pc.patience >= 0, ">= 0 (0: no early stopping)"),
-        ("prior.ema_decay", 0 <= pc.ema_decay < 1, "in [0, 1) (0: no EMA)"),
         ("prior.fit_target", pc.fit_target in ("sample", "mean"), "'sample' or 'mean'"),
         ("prior.latent_draws", pc.latent_draws in ("per_epoch", "once"), "'per_epoch' or 'once'"),
         ("prior.em_draws_per_image", pc.em_draws_per_image >= 1, ">= 1"),
@@ -67,12 +69,12 @@ def check_config(config) -> None:
         ("prior.em_draws_per_image", pc.em_draws_per_image == 1 or pc.fit_target == "sample",
          "1 with prior.fit_target='mean' (more draws of the means are copies of the same points)"),
     ]
-    for name in priors.registry.names():  # a prior's own stage-2 settings (priors.OWN_FIT_SETTINGS)
-        own = pc.get(name, {})
-        if "learning_rate" in own:
-            rules.append((f"prior.{name}.learning_rate", own.learning_rate > 0, "> 0"))
-        if "ema_decay" in own:
-            rules.append((f"prior.{name}.ema_decay", 0 <= own.ema_decay < 1, "in [0, 1) (0: no EMA)"))
+    # The shared fit settings, and those a prior's own section sets for it (priors.OWN_FIT_SETTINGS).
+    sections = [("prior", pc)] + [(f"prior.{name}", pc[name]) for name in priors.registry.names() if name in pc]
+    for path, section in sections:
+        for key, (ok, expected) in FIT_SETTING_RULES.items():
+            if key in section:
+                rules.append((f"{path}.{key}", ok(section[key]), expected))
     for field, ok, expected in rules:
         if not ok:
             value = functools.reduce(lambda c, k: c[k], field.split("."), config)

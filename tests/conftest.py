@@ -8,6 +8,11 @@ Session fixtures train once and are shared read-only (tests that change a run co
   dvae_run       the smoke dVAE and a code PixelCNN fitted to draws of its posterior
 Real MNIST comes from ../shared; CLI helpers run train.py/sample.py as real subprocesses.
 
+Compiling is most of a smoke run's time on the CPU (about 60 of 80 s for smoke_workdir), and
+many tests compile the same programs: every process of the session, the workers and the
+subprocesses they launch, shares one persistent JAX compilation cache, a temporary directory
+removed when the session ends. Set JAX_COMPILATION_CACHE_DIR to keep one between sessions.
+
 Two tiers: `python -m pytest -m "not slow"` for someone changing one module (no training run),
 and the whole suite. Every test that needs one of the session runs is marked slow here; a test
 that trains on its own is marked `@pytest.mark.slow` where it is defined.
@@ -24,6 +29,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -31,6 +37,34 @@ import pytest
 from vae import xla_flags
 
 xla_flags.apply_cpu_defaults()  # as the entry points do (vae.cli.run), before JAX's backend starts
+
+
+def _share_one_compilation_cache() -> str | None:
+    """Points this process, and through the environment every process it starts (pytest-xdist's
+    workers included), at one persistent compilation cache; returns its path when this process
+    made it. Every program is cached however fast it compiled; a size limit turns on JAX's file
+    lock, so processes compiling at once never read a half-written entry."""
+    made = None
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        made = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vae-tests-jax-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", 8 << 30)
+    return made
+
+
+_MADE_COMPILATION_CACHE = _share_one_compilation_cache()
+
+
+def pytest_sessionfinish(session):
+    if _MADE_COMPILATION_CACHE is not None:  # the process that made it: the controller, or the only one
+        shutil.rmtree(_MADE_COMPILATION_CACHE, ignore_errors=True)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -155,11 +189,9 @@ def cli_args(workdir, *extra):
             "--config.prior.name=made", "--config.prior.num_epochs=4", *extra]
 
 
-def subprocess_env(tmp_path_factory):
-    # Every resumed process compiles the same functions: a shared persistent cache saves that.
-    cache = str(tmp_path_factory.getbasetemp() / "jax_cache")
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1", "JAX_COMPILATION_CACHE_DIR": cache,
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+def subprocess_env():
+    """This process's environment (the shared compilation cache included) on the CPU, without progress bars."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1"}
 
 
 def run_cli(args, env=None, prefix=()):

@@ -3,7 +3,6 @@ localhost (gloo collectives on CPU, 2 forced devices each) train what one proces
 devices trains from the same shards, and a lost process stops the other and a relaunch of
 both resumes. The launch lines are README's "Running on several hosts"."""
 
-import os
 import re
 import signal
 import socket
@@ -17,7 +16,7 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
-from tests.conftest import MNIST_DIR, REPO
+from tests.conftest import MNIST_DIR, REPO, subprocess_env
 from vae import workdir
 from vae.data.batches import epoch_batch_indices
 from vae.errors import ConfigError
@@ -30,18 +29,8 @@ RUN = ["train.py", "--config", "configs/mnist_mlp.py:smoke", f"--config.data.idx
        "--config.prior.name=gmm,made", "--config.prior.num_epochs=2"]
 
 
-CACHE = {}  # one persistent compilation cache for every process these tests launch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def env(devices: int) -> dict:
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1", "JAX_COMPILATION_CACHE_DIR": CACHE["dir"],
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return {**subprocess_env(), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
 def free_port() -> int:

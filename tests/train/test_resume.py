@@ -89,10 +89,10 @@ def interrupt_and_resume(args, workdir, ckpt_dir, env, plan, prior=None):
     return happened
 
 
-def test_vae_killed_at_random_points_resumes_to_identical_parameters(straight_run, tmp_path, tmp_path_factory):
+def test_vae_killed_at_random_points_resumes_to_identical_parameters(straight_run, tmp_path):
     workdir = tmp_path / "killed"
     ckpt_dir = str(workdir / "checkpoints")
-    env = subprocess_env(tmp_path_factory)
+    env = subprocess_env()
     plan = [("checkpoint_write", signal.SIGKILL), ("random", signal.SIGKILL), ("random", signal.SIGTERM),
             ("random", signal.SIGINT), ("checkpoint_write", signal.SIGKILL)]
     happened = interrupt_and_resume(cli_args(workdir, "--config.stage=vae"), workdir, ckpt_dir, env, plan)
@@ -116,13 +116,13 @@ def test_vae_killed_at_random_points_resumes_to_identical_parameters(straight_ru
     assert_every_checkpoint_restores(ckpt_dir, target)
 
 
-def test_prior_fit_killed_at_random_points_resumes_to_identical_parameters(straight_run, tmp_path, tmp_path_factory):
+def test_prior_fit_killed_at_random_points_resumes_to_identical_parameters(straight_run, tmp_path):
     workdir = tmp_path / "killed"
     shutil.copytree(straight_run, workdir, ignore=shutil.ignore_patterns("priors"))
     records = [r for r in read_metrics(workdir) if "prior" not in r]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     state_dir = str(workdir / "priors" / "made" / "train_state")
-    env = subprocess_env(tmp_path_factory)
+    env = subprocess_env()
     plan = [("checkpoint_write", signal.SIGKILL), ("random", signal.SIGTERM), ("random", signal.SIGKILL)]
     happened = interrupt_and_resume(cli_args(workdir, "--config.stage=prior"), workdir, state_dir, env, plan,
                                     prior="made")

@@ -1,12 +1,14 @@
-"""Diffusion prior sampling speed by sampler: the few-step deterministic samplers ('dpmpp_2m',
-'heun', 'ddim': the probability-flow ODE) against VDM's ancestral sampler, side by side.
+"""Diffusion prior sampling speed by sampler: the few-step samplers (DPM-Solver++(2M) SDE, the
+default; the probability-flow ODE's 'dpmpp_2m', 'heun', 'ddim') against VDM's ancestral sampler,
+side by side.
 
   python benchmarks/diffusion_sampling.py [--config configs/fashion_mnist.py] [--n 10000]
-      [--dpm_steps 6] [--heun_steps 8] [--ddim_steps 16] [--ancestral_steps 256] [--n_ancestral 2000]
+      [--dpm_sde_steps 10] [--dpm_steps 6] [--heun_steps 8] [--ddim_steps 16] [--ancestral_steps 256]
+      [--n_ancestral 2000]
 
 On the config's spatial latent (configs/fashion_mnist.py: 7x7x4) with the diffusion prior at its
-default size (config.prior.diffusion; untrained weights cost what trained ones do). DPM-Solver++(2M),
-DDIM and ancestral sampling take one network evaluation a step, Heun two. Ancestral sampling draws
+default size (config.prior.diffusion; untrained weights cost what trained ones do). DPM-Solver++(2M)
+(SDE or ODE), DDIM and ancestral sampling take one network evaluation a step, Heun two. Ancestral sampling draws
 `n_ancestral` latents (its cost is linear in n) and its time for n is scaled from them, as
 benchmarks/prior_sampling.py does for naive sampling.
 Timings exclude compilation (each function runs once before it is timed; `peak.no_compilation`
@@ -27,7 +29,9 @@ from vae import cli
 _CONFIG = cli.define_config_file("config", "configs/fashion_mnist.py", "Experiment config file[:preset].",
                                  lock_config=True)
 _N = flags.DEFINE_integer("n", 10000, "Latents drawn by the few-step samplers (one batch).")
-_DPM_STEPS = flags.DEFINE_integer("dpm_steps", 6, "DPM-Solver++(2M) steps (the prior's default sample_steps).")
+_DPM_SDE_STEPS = flags.DEFINE_integer("dpm_sde_steps", 10,
+                                     "DPM-Solver++(2M) SDE steps (the prior's default sampler and sample_steps).")
+_DPM_STEPS = flags.DEFINE_integer("dpm_steps", 6, "DPM-Solver++(2M) (the ODE's) steps.")
 _HEUN_STEPS = flags.DEFINE_integer("heun_steps", 8, "Heun steps (2 evaluations each).")
 _DDIM_STEPS = flags.DEFINE_integer("ddim_steps", 16, "DDIM steps.")
 _ANCESTRAL_STEPS = flags.DEFINE_integer("ancestral_steps", 256, "Ancestral sampler steps.")
@@ -55,7 +59,8 @@ def main(argv):
         return jax.jit(run, static_argnums=2)
 
     key = jax.random.key(0)
-    runs = [("dpmpp_2m", _DPM_STEPS.value, _DPM_STEPS.value, n), ("heun", _HEUN_STEPS.value, 2 * _HEUN_STEPS.value, n),
+    runs = [("dpmpp_2m_sde", _DPM_SDE_STEPS.value, _DPM_SDE_STEPS.value, n),
+            ("dpmpp_2m", _DPM_STEPS.value, _DPM_STEPS.value, n), ("heun", _HEUN_STEPS.value, 2 * _HEUN_STEPS.value, n),
             ("ddim", _DDIM_STEPS.value, _DDIM_STEPS.value, n),
             ("ancestral", _ANCESTRAL_STEPS.value, _ANCESTRAL_STEPS.value, _N_ANCESTRAL.value)]
     evaluations_of = {sampler: e for sampler, _, e, _ in runs}
@@ -64,9 +69,9 @@ def main(argv):
         t = timed(f"diffusion {sampler}", sample_with(sampler, steps), state, key, count)
         seconds[sampler] = t * n / count
         scaled = f" (timed on {count}, scaled)" if count != n else ""
-        print(f"  {sampler + ':':10} {steps:4d} steps, {evaluations:4d} network evaluations: {n} latents in "
+        print(f"  {sampler + ':':14} {steps:4d} steps, {evaluations:4d} network evaluations: {n} latents in "
               f"{seconds[sampler]:.2f} s{scaled} = {n / seconds[sampler]:.0f} samples/s")
-    for fast in ("dpmpp_2m", "heun", "ddim"):
+    for fast in ("dpmpp_2m_sde", "dpmpp_2m", "heun", "ddim"):
         print(f"summary diffusion: {n} latents in {seconds[fast]:.2f} s ({fast}, {evaluations_of[fast]} evaluations) vs "
               f"{seconds['ancestral']:.1f} s (ancestral, {_ANCESTRAL_STEPS.value} steps): "
               f"{seconds['ancestral'] / seconds[fast]:.1f}x")

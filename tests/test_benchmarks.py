@@ -76,10 +76,10 @@ def test_report_compiles_its_iwae_and_sampler_once_across_calls():
 def test_diffusion_sampling_benchmark_times_every_sampler_without_compiling_in_the_timed_call():
     result = subprocess.run(
         [sys.executable, "benchmarks/diffusion_sampling.py", "--config", "configs/fashion_mnist.py:smoke",
-         "--n", "64", "--dpm_steps", "3", "--heun_steps", "2", "--ddim_steps", "3", "--ancestral_steps", "4",
+         "--n", "64", "--dpm_sde_steps", "2", "--dpm_steps", "3", "--heun_steps", "2", "--ddim_steps", "3", "--ancestral_steps", "4",
          "--n_ancestral", "32"],
         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [line for line in result.stdout.splitlines() if line.startswith("summary diffusion:")]
-    assert [s.split("(")[1].split(",")[0] for s in summaries] == ["dpmpp_2m", "heun", "ddim"], result.stdout
-    assert "dpmpp_2m, 3 evaluations" in summaries[0] and "heun, 4 evaluations" in summaries[1]
+    assert [s.split("(")[1].split(",")[0] for s in summaries] == ["dpmpp_2m_sde", "dpmpp_2m", "heun", "ddim"], result.stdout
+    assert "dpmpp_2m_sde, 2 evaluations" in summaries[0] and "heun, 4 evaluations" in summaries[2]

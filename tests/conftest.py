@@ -42,20 +42,20 @@ xla_flags.apply_cpu_defaults()  # as the entry points do (vae.cli.run), before J
 def _share_one_compilation_cache() -> str | None:
     """Points this process, and through the environment every process it starts (pytest-xdist's
     workers included), at one persistent compilation cache; returns its path when this process
-    made it. Every program is cached however fast it compiled; a size limit turns on JAX's file
-    lock, so processes compiling at once never read a half-written entry."""
+    made it. Every program is cached however fast it compiled. No size limit: one would turn on
+    JAX's file lock and a scan of the whole directory at every write, which serialized the two
+    workers. Unlocked, a process that reads an entry another is still writing cannot decompress
+    it, and JAX then warns and compiles (`jax._src.compiler._cache_read`)."""
     made = None
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         made = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vae-tests-jax-cache-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
     import jax
 
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    jax.config.update("jax_compilation_cache_max_size", 8 << 30)
     return made
 
 

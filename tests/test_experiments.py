@@ -142,3 +142,28 @@ def test_prior_seeds_rerun_with_a_new_prior_adds_it_to_existing_seed_dirs(tmp_pa
     # a prior the seed directory began fitting itself is resumed by stage 2, not replaced by the source's
     (tmp_path / "out" / "seed_0" / "priors" / "made").mkdir()
     assert prior_seeds.priors_to_copy(source, wd, 0, ["made", "pixelcnn"], prior_config) == []
+
+
+def test_diffusion_samplers_scores_each_sampler_over_sample_seeds(smoke_report, smoke_workdir, copy_of):
+    """experiments/diffusion_samplers.py on a one-epoch smoke diffusion fit: a row per SAMPLER:STEPS,
+    mean ± sd over sample seeds, and a clear error for a sampler that does not exist."""
+    import numpy as np
+    import pytest
+
+    from experiments import diffusion_samplers
+    from tests.conftest import mnist_config
+    from vae.train import stages
+
+    work = copy_of(smoke_workdir)  # with the classifier smoke_report trained
+    config = mnist_config()
+    config.stage, config.prior.name, config.prior.num_epochs = "prior", "diffusion", 1
+    stages.train_and_evaluate(config, str(work))
+    results = diffusion_samplers.compare(str(work), [("dpmpp_2m_sde", 2), ("ancestral", 3)], ["0", "1"], 64)
+    assert list(results) == ["dpmpp_2m_sde:2", "ancestral:3"]
+    for result in results.values():
+        assert np.isfinite(result["fd_classifier"]) and len(result["per_seed"]) == 2
+        assert result["sd"]["fd_classifier"] > 0 and 0 <= result["recall"] <= 1
+    assert results["dpmpp_2m_sde:2"]["per_seed"] != results["ancestral:3"]["per_seed"]
+    assert "| ancestral:3 | " in diffusion_samplers.markdown(results, "test")
+    with pytest.raises(ValueError, match="--samplers: 'euler:4'"):
+        diffusion_samplers.parse_samplers(["euler:4"])

@@ -23,6 +23,7 @@ from absl import app, flags
 
 from vae import cli, rng
 from vae import workdir as workdir_lib
+from vae.errors import ConfigError
 from vae.data import input_pipeline
 from vae.evaluation import report_table, sampling, scoring
 
@@ -38,14 +39,14 @@ COLUMNS = ("fd_classifier", "precision", "recall", "seconds")
 
 
 def parse_samplers(pairs) -> list[tuple[str, int]]:
-    """['ddim:16', ...] -> [('ddim', 16), ...]; a pair not SAMPLER:STEPS is a clear error."""
+    """['ddim:16', ...] -> [('ddim', 16), ...]; a pair not SAMPLER:STEPS is a ConfigError naming it."""
     from priors import diffusion_samplers
 
     out = []
     for pair in pairs:
         name, _, steps = pair.partition(":")
         if name not in diffusion_samplers.SAMPLERS or not steps.isdigit() or int(steps) < 1:
-            raise ValueError(f"--samplers: {pair!r}; expected SAMPLER:STEPS with SAMPLER one of "
+            raise ConfigError(f"--samplers: {pair!r}; expected SAMPLER:STEPS with SAMPLER one of "
                              f"{diffusion_samplers.SAMPLERS} and STEPS a positive integer")
         out.append((name, int(steps)))
     return out
@@ -61,7 +62,7 @@ def compare(workdir: str, samplers, seeds, n: int) -> dict:
     timed = scoring.Stopwatch()
     clf = scoring.load_classifier(wd, dataset, int(seeds[0]), timed)
     if clf is None:
-        raise ValueError(f"{config.data.name} has no class labels: no classifier to score samples with")
+        raise ConfigError(f"{config.data.name} has no class labels: no classifier to score samples with")
     real = scoring.real_side(clf[0], dataset.test.images, min(n, len(dataset.test.images)), timed)
     results = {}
     for name, steps in samplers:

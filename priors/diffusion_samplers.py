@@ -49,6 +49,7 @@ bound), to compare with the bound.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -102,7 +103,8 @@ def sample(prior, sampler: str, key, n: int, steps: int, temperature: float = 1.
         slope_end = prior.score_correction(z + dw * slope, full(gs))
         return z + dw * 0.5 * (slope + slope_end), None
 
-    def dpmpp_2m_step(carry, inputs):
+    def dpmpp_2m_step(carry, inputs, stochastic: bool):
+        """One DPM-Solver++(2M) step: of the probability-flow ODE, or (stochastic) of the reverse SDE."""
         z, x_prev, h_prev = carry
         i, gt, gs = inputs
         sigma_t, sigma_s = jnp.sqrt(jax.nn.sigmoid(gt)), jnp.sqrt(jax.nn.sigmoid(gs))
@@ -110,23 +112,15 @@ def sample(prior, sampler: str, key, n: int, steps: int, temperature: float = 1.
         h = 0.5 * (gt - gs)  # lambda_s - lambda_t > 0
         first_order = (i == 0) | (i == steps - 1)
         d = x_hat + jnp.where(first_order, 0.0, h / (2.0 * h_prev)) * (x_hat - x_prev)
-        return (sigma_s / sigma_t * z - _alpha(gs) * jnp.expm1(-h) * d, x_hat, h), None
-
-    def dpmpp_2m_sde_step(carry, inputs):
-        z, x_prev, h_prev = carry
-        i, gt, gs = inputs
-        sigma_t, sigma_s = jnp.sqrt(jax.nn.sigmoid(gt)), jnp.sqrt(jax.nn.sigmoid(gs))
-        x_hat = (z - sigma_t * prior.eps_hat(z, full(gt))) / _alpha(gt)
-        h = 0.5 * (gt - gs)  # lambda_s - lambda_t > 0
-        first_order = (i == 0) | (i == steps - 1)
+        if not stochastic:
+            return (sigma_s / sigma_t * z - _alpha(gs) * jnp.expm1(-h) * d, x_hat, h), None
         kept = -jnp.expm1(-2.0 * h)  # 1 - e^-2h: the weight the data prediction gets
-        d = x_hat + jnp.where(first_order, 0.0, h / (2.0 * h_prev)) * (x_hat - x_prev)
         noise = jax.random.normal(jax.random.fold_in(k_steps, i), z.shape)
         z_s = sigma_s / sigma_t * jnp.exp(-h) * z + _alpha(gs) * kept * d
         return (z_s + sigma_s * jnp.sqrt(kept) * (temperature * noise), x_hat, h), None
 
     if sampler in ("dpmpp_2m", "dpmpp_2m_sde"):
-        step = dpmpp_2m_step if sampler == "dpmpp_2m" else dpmpp_2m_sde_step
+        step = functools.partial(dpmpp_2m_step, stochastic=sampler == "dpmpp_2m_sde")
         (z0, _, _), _ = jax.lax.scan(step, (z1, jnp.zeros_like(z1), jnp.ones(())), (jnp.arange(steps), g_t, g_s))
         return z0 / _alpha(g_s[-1])
 

@@ -66,6 +66,7 @@ def pytest_sessionfinish(session):
     if _MADE_COMPILATION_CACHE is not None:  # the process that made it: the controller, or the only one
         shutil.rmtree(_MADE_COMPILATION_CACHE, ignore_errors=True)
 
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")

@@ -21,10 +21,11 @@ import time
 
 from absl import app, flags
 
+from priors import diffusion_samplers
 from vae import cli, rng
 from vae import workdir as workdir_lib
-from vae.errors import ConfigError
 from vae.data import input_pipeline
+from vae.errors import ConfigError
 from vae.evaluation import report_table, sampling, scoring
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir with a VAE and a fitted diffusion prior.")
@@ -40,8 +41,6 @@ COLUMNS = ("fd_classifier", "precision", "recall", "seconds")
 
 def parse_samplers(pairs) -> list[tuple[str, int]]:
     """['ddim:16', ...] -> [('ddim', 16), ...]; a pair not SAMPLER:STEPS is a ConfigError naming it."""
-    from priors import diffusion_samplers
-
     out = []
     for pair in pairs:
         name, _, steps = pair.partition(":")

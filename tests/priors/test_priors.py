@@ -301,7 +301,9 @@ def test_flow_log_det_is_the_jacobians_and_inverse_inverts(shape):
     for i in range(len(z)):
         jac = jax.jacfwd(lambda x: prior.forward(x.reshape(1, *shape))[0][0])(z[i].reshape(-1))
         assert float(log_det[i]) == pytest.approx(float(jnp.linalg.slogdet(jac)[1]), abs=1e-3)
-    np.testing.assert_allclose(np.asarray(prior.inverse(u)), np.asarray(z), atol=1e-4)
+    # float32 through couplings with weights moved by 0.3: CPUs round differently (1.2e-4 off at
+    # 1.62 on an AMD EPYC); an inverse that is wrong is off by tenths.
+    np.testing.assert_allclose(np.asarray(prior.inverse(u)), np.asarray(z), rtol=2e-4, atol=1e-4)
     expected = jnp.sum(jax.scipy.stats.norm.logpdf(u), -1) + log_det
     np.testing.assert_allclose(np.asarray(prior.log_prob(z)), np.asarray(expected), rtol=1e-6)
 

@@ -32,6 +32,12 @@ def tiny_model(commitment=0.25, decay=0.99, dead_code_threshold=0.01, seed=0):
                      rngs=nnx.Rngs(seed), dtype=jnp.float32)
 
 
+# Jitted (nnx.jit carries train_terms' codebook updates back to the model): one compile each,
+# where eager calls compile every op of the tiny model.
+quantize = nnx.jit(lambda model, x: model._quantize(x))  # noqa: SLF001 - what a training step quantizes
+train_terms = nnx.jit(lambda model, x, key: model.train_terms(x, key))
+
+
 def images(n=4, seed=0):
     return (jax.random.uniform(jax.random.key(seed), (n, 8, 8, 1)) > 0.5).astype(jnp.float32)
 
@@ -46,17 +52,19 @@ def test_split_and_join_are_inverse():
         code_levels.split(codes[:, :19], LEVELS)
 
 
-@pytest.mark.slow  # ~15 s on the 2-core CPU
+@pytest.mark.slow  # the tiny model's first compiles
 def test_the_model_reads_and_writes_one_code_sequence():
     model = tiny_model()
     assert model.levels == LEVELS and model.latent_shape == (20,)
-    codes, logvar = model.encode(images())
+    # jitted: one compile each, where eager calls compile every op
+    encode, decode = nnx.jit(lambda m, x: m.encode(x)), nnx.jit(lambda m, c: m.decode(c))
+    codes, logvar = encode(model, images())
     assert logvar is None and codes.shape == (4, 20) and codes.dtype == jnp.int32
-    assert model.decode(codes).shape == (4, 8, 8, 1)
+    assert decode(model, codes).shape == (4, 8, 8, 1)
     # the decoder reads both maps: changing one code of either level changes the output
     for position in (0, 10):
         changed = codes.at[:, position].set((codes[:, position] + 1) % model.num_codes)
-        assert float(jnp.max(jnp.abs(model.decode(changed) - model.decode(codes)))) > 1e-6
+        assert float(jnp.max(jnp.abs(decode(model, changed) - decode(model, codes)))) > 1e-6
 
 
 def test_elbo_kl_is_the_uniform_prior_over_both_maps():
@@ -104,10 +112,10 @@ def test_each_level_takes_its_own_ema_step_toward_its_assignments():
         quantizer.cluster_size[...] = jnp.ones(6)
         quantizer.embed_sum[...] = quantizer.embedding[...]
     x = images(16)
-    levels = model._quantize(x)  # noqa: SLF001 - what the step's update reads
+    levels = quantize(model, x)  # what the step's update reads
     before = {"top": np.asarray(model.top_quantizer.embedding[...]),
               "bottom": np.asarray(model.bottom_quantizer.embedding[...])}
-    model.train_terms(x, jax.random.key(0))
+    train_terms(model, x, jax.random.key(0))
     after = {"top": model.top_quantizer.embedding[...], "bottom": model.bottom_quantizer.embedding[...]}
     for name in ("top", "bottom"):
         z_e, _, codes, _ = levels[name]
@@ -124,8 +132,8 @@ def test_dead_codes_restart_per_level_at_that_levels_encoder_outputs():
     outputs of that level, and reports how many per level."""
     model = tiny_model()
     x = images(8)
-    levels = model._quantize(x)  # noqa: SLF001
-    terms = model.train_terms(x, jax.random.key(1))
+    levels = quantize(model, x)
+    terms = train_terms(model, x, jax.random.key(1))
     for name, quantizer in (("top", model.top_quantizer), ("bottom", model.bottom_quantizer)):
         z_e, _, codes, _ = levels[name]
         rows = np.asarray(z_e).reshape(-1, 3)

@@ -34,6 +34,8 @@ def tiny_model(commitment=0.25, decay=0.99, dead_code_threshold=0.01, seed=0):
 
 # Jitted (nnx.jit carries train_terms' codebook updates back to the model): one compile each,
 # where eager calls compile every op of the tiny model.
+encode = nnx.jit(lambda model, x: model.encode(x))
+decode = nnx.jit(lambda model, codes: model.decode(codes))
 quantize = nnx.jit(lambda model, x: model._quantize(x))  # noqa: SLF001 - what a training step quantizes
 train_terms = nnx.jit(lambda model, x, key: model.train_terms(x, key))
 
@@ -56,8 +58,6 @@ def test_split_and_join_are_inverse():
 def test_the_model_reads_and_writes_one_code_sequence():
     model = tiny_model()
     assert model.levels == LEVELS and model.latent_shape == (20,)
-    # jitted: one compile each, where eager calls compile every op
-    encode, decode = nnx.jit(lambda m, x: m.encode(x)), nnx.jit(lambda m, c: m.decode(c))
     codes, logvar = encode(model, images())
     assert logvar is None and codes.shape == (4, 20) and codes.dtype == jnp.int32
     assert decode(model, codes).shape == (4, 8, 8, 1)

@@ -106,11 +106,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     # > 0: evaluate and keep an EMA of the parameters (it did not improve the PixelCNN's
     # held-out NLL on MNIST, so it is off by default).
     config.prior.ema_decay = 0.0
-    # One section per registered prior with hyper-parameters: config.prior.<name>.
+    # One section per registered prior with hyper-parameters: config.prior.<name>. A gradient-fitted
+    # prior's section also takes its own epoch count, which wins over prior.num_epochs for that
+    # prior alone (None: the shared one; priors.OWN_FIT_SETTINGS lists what a section may set).
     for name in priors.registry.names():
         spec = priors.registry.get(name)
         if spec.config:
             config.prior[name] = ml_collections.ConfigDict(spec.config)
+            if spec.fit == "gradient":
+                config.prior[name].num_epochs = ml_collections.FieldReference(None, field_type=int)
     return config
 
 
@@ -136,10 +140,12 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # unrolled step of a chunk (the smoke transformer fits in about half the time). The conv VAE
     # keeps its chunks of 4: one call per step runs its epochs ~1.8x slower.
     config.prior.steps_per_call = 1
-    for name in priors.registry.names():  # each prior's own small size
+    for name in priors.registry.names():  # each prior's own small size, and the shared epochs
         smoke = priors.registry.get(name).smoke
         if smoke:
             config.prior[name].update(smoke)
+        if "num_epochs" in config.prior.get(name, {}):
+            config.prior[name].num_epochs = None
     return config
 
 

@@ -38,17 +38,19 @@ BASELINES = {"continuous": BASELINE, "categorical": "uniform", "code_levels": "u
 
 
 # Shared stage-2 settings (config.prior.*) a prior's own section may set for that prior alone: the
-# diffusion prior's registry config carries its learning rate and an EMA.
-OWN_FIT_SETTINGS = ("learning_rate", "ema_decay")
+# diffusion prior's registry config carries its learning rate and an EMA; every gradient-fitted
+# prior's section has a num_epochs (configs/base.py), None there meaning the shared one.
+OWN_FIT_SETTINGS = ("learning_rate", "ema_decay", "num_epochs")
 
 
 def fit_settings(prior_config, name: str):
     """config.prior as stage 2 fits prior `name`: the shared settings, except those of OWN_FIT_SETTINGS
-    that config.prior.<name> sets, which win for this prior (a copy then; else `prior_config` itself).
+    that config.prior.<name> sets to a value (not None), which win for this prior (a copy then; else
+    `prior_config` itself).
     So `--config.prior.ema_decay` does not reach a prior whose section sets its own: set
     `--config.prior.<name>.ema_decay`."""
     section = prior_config.get(name) or {}
-    own = {k: section[k] for k in OWN_FIT_SETTINGS if k in section}
+    own = {k: section[k] for k in OWN_FIT_SETTINGS if section.get(k) is not None}
     if not own:
         return prior_config
     settings = prior_config.copy_and_resolve_references()

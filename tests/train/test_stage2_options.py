@@ -81,28 +81,32 @@ def test_bad_stage_two_choice_is_a_clear_error(field, value):
         stages.check_config(config)
 
 
-def test_a_prior_section_sets_its_own_learning_rate_and_ema(straight_run, copy_of, monkeypatch):
-    """config.prior.<name>.learning_rate / ema_decay win over the shared ones for that prior alone
-    (the diffusion prior's registry section sets both); the prior's record keeps what it got."""
+def test_a_prior_section_sets_its_own_learning_rate_ema_and_epochs(straight_run, copy_of, monkeypatch):
+    """config.prior.<name>.learning_rate / ema_decay / num_epochs win over the shared ones for that
+    prior alone (the diffusion prior's registry section sets the first two; num_epochs None is the
+    shared count); the prior's record keeps what it got."""
     workdir = copy_of(straight_run)
     config = mlp_config()
     config.stage, config.prior.name = "prior", "made,diffusion"
     config.prior.diffusion.learning_rate = 2e-3
+    config.prior.diffusion.num_epochs = config.prior.num_epochs + 3
+    assert config.prior.made.num_epochs is None
     fitted_with = {}
 
     def spy_fit(fit_config, wd, name, prior, *args, **kwargs):
-        fitted_with[name] = (fit_config.prior.learning_rate, fit_config.prior.ema_decay)
+        fitted_with[name] = (fit_config.prior.learning_rate, fit_config.prior.ema_decay, fit_config.prior.num_epochs)
         return prior
 
     monkeypatch.setattr(prior_fits, "fit_gradient", spy_fit)
     stages.train_and_evaluate(config, str(workdir))
-    assert fitted_with == {"made": (config.prior.learning_rate, config.prior.ema_decay), "diffusion": (2e-3, 0.999)}
+    shared = (config.prior.learning_rate, config.prior.ema_decay, config.prior.num_epochs)
+    assert fitted_with == {"made": shared, "diffusion": (2e-3, 0.999, config.prior.num_epochs + 3)}
     assert config.prior.ema_decay == 0.0  # the run's own config is left as it was
     record = workdir_lib.open(workdir).prior_record("diffusion")["prior"]
-    assert (record["learning_rate"], record["ema_decay"]) == (2e-3, 0.999)
+    assert (record["learning_rate"], record["ema_decay"], record["num_epochs"]) == fitted_with["diffusion"]
 
 
-@pytest.mark.parametrize("field, value", [("learning_rate", 0.0), ("ema_decay", 1.0)])
+@pytest.mark.parametrize("field, value", [("learning_rate", 0.0), ("ema_decay", 1.0), ("num_epochs", -1)])
 def test_a_prior_sections_bad_fit_setting_is_a_clear_error(field, value):
     config = mlp_config()
     config.prior.diffusion[field] = value

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 FIT_SETTING_RULES = {"learning_rate": (lambda v: v > 0, "> 0"),
-                     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)")}
+                     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
+                     "num_epochs": (lambda v: v >= 0, ">= 0")}
 
 
 def check_config(config) -> None:
@@ -58,7 +59,6 @@ def check_config(config) -> None:
          "'auto', 'device' or 'streamed'"),
         ("train.compute_dtype", tc.compute_dtype in models.COMPUTE_DTYPES,
          " or ".join(repr(d) for d in models.COMPUTE_DTYPES)),
-        ("prior.num_epochs", pc.num_epochs >= 0, ">= 0"),
         ("prior.batch_size", pc.batch_size >= 1, ">= 1"),
         ("prior.steps_per_call", pc.steps_per_call >= 0, ">= 0"),
         ("prior.patience", pc.patience >= 0, ">= 0 (0: no early stopping)"),
@@ -73,7 +73,7 @@ def check_config(config) -> None:
     sections = [("prior", pc)] + [(f"prior.{name}", pc[name]) for name in priors.registry.names() if name in pc]
     for path, section in sections:
         for key, (ok, expected) in FIT_SETTING_RULES.items():
-            if key in section:
+            if section.get(key) is not None:
                 rules.append((f"{path}.{key}", ok(section[key]), expected))
     for field, ok, expected in rules:
         if not ok:

@@ -49,7 +49,25 @@ def machine(rep: dict) -> str:
 SEED_COLUMNS = [("latent_nll", "latent NLL (test, nats)"), ("nll_iwae", "nll_iwae[{k}] (nats)"),
                 ("fd_classifier", "fd_classifier"), ("precision", "precision"), ("recall", "recall"),
                 ("gap_closed_fd_classifier", "FD gap closed"), ("gap_closed_recall", "recall gap closed"),
-                ("fit_seconds", "fit (s)")]
+                ("fd_ratio", "FD / q(z)'s"), ("recall_below", "q(z) recall − its"),
+                ("precision_below", "q(z) precision − its"), ("best_temperature", "best T (validation)"),
+                ("best_fd_classifier", "fd_classifier at best T"),
+                ("best_gap_closed_fd_classifier", "FD gap closed at best T"),
+                ("best_gap_closed_recall", "recall gap closed at best T"), ("fit_seconds", "fit (s)")]
+AGAINST_Q_Z = ("fd_ratio", "recall_below", "precision_below")  # summary row["against_q_z"]["T=1"]
+
+
+def seed_stat(row: dict, key: str) -> dict | None:
+    """A summary row's {'mean', 'sd', ...} for column `key`: its own, against q(z) at T = 1, or at its
+    best temperature (`best_*`: row["at_best_temperature"]); None where the run has no such number."""
+    if key in row:
+        return row[key]
+    if key in AGAINST_Q_Z:
+        return (row.get("against_q_z") or {}).get("T=1", {}).get(key)
+    if key.startswith("best_"):
+        best = row.get("at_best_temperature") or {}
+        return best.get(key) or best.get(key.removeprefix("best_"))
+    return None
 
 
 def seeds_table(summary: dict, keys: list[str] | None = None) -> str:
@@ -63,7 +81,8 @@ def seeds_table(summary: dict, keys: list[str] | None = None) -> str:
              "", "| " + " | ".join(head) + " |", "| --- |" + " --- |" * (len(head) - 1)]
     rows = [*summary["priors"].items(), *((f"{name} (reference)", row) for name, row in summary["references"].items())]
     for name, row in rows:
-        cells = [f"{row[k]['mean']:.4g} ± {row[k]['sd']:.2g}" if k in row else "—" for k, _ in columns]
+        stats = [seed_stat(row, k) for k, _ in columns]
+        cells = [f"{st['mean']:.4g} ± {st['sd']:.2g}" if st else "—" for st in stats]
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

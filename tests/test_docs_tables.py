@@ -59,3 +59,29 @@ def test_a_prior_seeds_summary_is_shown_as_mean_and_sd_over_fit_seeds():
     assert lines[2] == "| prior | latent NLL (test, nats) | fd_classifier | fit (s) |"
     assert lines[4:] == ["| N(0, I) | 276.3 ± 0.02 | — | — |", "| diffusion | 210.1 ± 0.46 | 40.5 ± 1.2 | 512.4 ± 30 |",
                          "| q(z) (reference) | — | 20 ± 0.13 | — |"]
+
+
+def test_a_summary_shows_each_prior_against_q_z_and_at_its_best_temperature():
+    """The columns read from a prior's `against_q_z` (at T = 1) and `at_best_temperature` entries."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tables", REPO / "docs" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    stat = lambda mean, sd: {"mean": mean, "sd": sd, "values": []}  # noqa: E731
+    pixelcnn = {"fd_classifier": stat(42.0, 1.0),
+                "against_q_z": {"T=1": {"fd_ratio": stat(2.1, 0.05), "recall_below": stat(0.01, 0.004),
+                                        "precision_below": stat(0.13, 0.01)},
+                                "best T": {"fd_ratio": stat(9.0, 9.0)}},
+                "at_best_temperature": {"best_temperature": stat(0.9, 0.1), "fd_classifier": stat(41.0, 2.0),
+                                        "gap_closed_fd_classifier": stat(0.89, 0.01)}}
+    summary = {"command": "c", "code": {"commit": "0123456789abcdef", "dirty": False}, "seeds": [0, 1, 2],
+               "n_samples": 5000, "k": 10, "verdicts": [], "priors": {"pixelcnn": pixelcnn, "gmm": {}},
+               "references": {}}
+    columns = ["fd_ratio", "precision_below", "best_temperature", "best_fd_classifier",
+               "best_gap_closed_fd_classifier", "best_gap_closed_recall"]
+    lines = tables.table(summary, columns).splitlines()
+    assert lines[2] == ("| prior | FD / q(z)'s | q(z) precision − its | best T (validation) | fd_classifier at best T "
+                        "| FD gap closed at best T | recall gap closed at best T |")
+    assert lines[4:] == ["| pixelcnn | 2.1 ± 0.05 | 0.13 ± 0.01 | 0.9 ± 0.1 | 41 ± 2 | 0.89 ± 0.01 | — |",
+                         "| gmm | — | — | — | — | — | — |"]

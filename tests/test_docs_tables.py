@@ -39,12 +39,18 @@ def test_an_edited_number_fails_the_check_and_is_named(tmp_path):
     assert run_check(root).returncode == 0
 
 
-def test_a_prior_seeds_summary_is_shown_as_mean_and_sd_over_fit_seeds():
+def tables_module():
+    """docs/tables.py, imported from its file (docs/ is not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("tables", REPO / "docs" / "tables.py")
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
+    return tables
+
+
+def test_a_prior_seeds_summary_is_shown_as_mean_and_sd_over_fit_seeds():
+    tables = tables_module()
     stat = lambda mean, sd: {"mean": mean, "sd": sd, "values": []}  # noqa: E731
     summary = {"command": "python experiments/prior_seeds.py", "code": {"commit": "0123456789abcdef", "dirty": False},
                "seeds": [0, 1, 2], "n_samples": 5000, "k": 10, "verdicts": [],
@@ -63,11 +69,7 @@ def test_a_prior_seeds_summary_is_shown_as_mean_and_sd_over_fit_seeds():
 
 def test_a_summary_shows_each_prior_against_q_z_and_at_its_best_temperature():
     """The columns read from a prior's `against_q_z` (at T = 1) and `at_best_temperature` entries."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tables", REPO / "docs" / "tables.py")
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
+    tables = tables_module()
     stat = lambda mean, sd: {"mean": mean, "sd": sd, "values": []}  # noqa: E731
     pixelcnn = {"fd_classifier": stat(42.0, 1.0),
                 "against_q_z": {"T=1": {"fd_ratio": stat(2.1, 0.05), "recall_below": stat(0.01, 0.004),

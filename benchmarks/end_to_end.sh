@@ -2,7 +2,7 @@
 # README's main job on Fashion-MNIST, timed per stage: VAE, priors, comparison report.
 #   bash benchmarks/end_to_end.sh [WORKDIR]   (default runs/e2e_fashion_mnist; must not exist)
 # Prints one line per stage and a SUMMARY line. Needs the Debian dataset-fashion-mnist
-# package or TFDS access (see README "Data, offline").
+# package or TFDS access (see docs/training.md, "Data, offline").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W="${1:-runs/e2e_fashion_mnist}"

@@ -66,7 +66,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.data_placement = "auto"  # 'device' (uint8 train split on the device), 'streamed'
     config.train.compute_dtype = "float32"  # 'bfloat16': mixed precision (fp32 params and loss)
     config.train.num_devices = 0  # data-parallel over this many devices (0: all)
-    # Several processes (README "Running on several hosts"): distributed=True joins them via
+    # Several processes (docs/accelerators.md, "Several hosts"): distributed=True joins them via
     # jax.distributed.initialize; address/count/id unset (""/0/-1) come from the environment
     # (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or the cluster JAX detects.
     config.train.distributed = False

@@ -37,7 +37,7 @@ def test_built_in_metrics_fill_the_sample_columns_in_order():
     names = [metric.name for metric in sample_metrics.registered()]
     assert names[:3] == ["fd_classifier", "precision_recall", "label_stats"]
     keys = [key for key, _ in report_table.all_columns()]
-    # the table's order, which README's results blocks (benchmarks/readme_results.py) depend on
+    # the report table's column order, which the results blocks docs/tables.py writes depend on
     assert keys[keys.index("mutual_info") + 1 : keys.index("prior_hole_rate")] == [
         "fd_classifier", "precision", "recall", "label_entropy", "gap_closed_fd_classifier", "gap_closed_recall"]
 

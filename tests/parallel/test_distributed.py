@@ -1,7 +1,7 @@
 """Several processes through jax.distributed, on this one machine: two train.py processes on
 localhost (gloo collectives on CPU, 2 forced devices each) train what one process over 4
 devices trains from the same shards, and a lost process stops the other and a relaunch of
-both resumes. The launch lines are README's "Running on several hosts"."""
+both resumes. The launch lines are docs/accelerators.md's "Several hosts"."""
 
 import re
 import signal

@@ -1,4 +1,4 @@
-"""Preemption, the non-finite guard and determinism (README "Resuming and failure behaviour").
+"""Preemption, the non-finite guard and determinism (docs/reliability.md).
 Interrupted runs are real subprocesses of train.py killed with real signals."""
 
 import json

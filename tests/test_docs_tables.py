@@ -49,9 +49,13 @@ def tables_module():
     return tables
 
 
+def stat(mean: float, sd: float) -> dict:
+    """One summary statistic, as experiments/prior_seeds.py writes it."""
+    return {"mean": mean, "sd": sd, "values": []}
+
+
 def test_a_prior_seeds_summary_is_shown_as_mean_and_sd_over_fit_seeds():
     tables = tables_module()
-    stat = lambda mean, sd: {"mean": mean, "sd": sd, "values": []}  # noqa: E731
     summary = {"command": "python experiments/prior_seeds.py", "code": {"commit": "0123456789abcdef", "dirty": False},
                "seeds": [0, 1, 2], "n_samples": 5000, "k": 10, "verdicts": [],
                "priors": {"standard_normal": {"latent_nll": stat(276.3, 0.02)},
@@ -70,7 +74,6 @@ def test_a_prior_seeds_summary_is_shown_as_mean_and_sd_over_fit_seeds():
 def test_a_summary_shows_each_prior_against_q_z_and_at_its_best_temperature():
     """The columns read from a prior's `against_q_z` (at T = 1) and `at_best_temperature` entries."""
     tables = tables_module()
-    stat = lambda mean, sd: {"mean": mean, "sd": sd, "values": []}  # noqa: E731
     pixelcnn = {"fd_classifier": stat(42.0, 1.0),
                 "against_q_z": {"T=1": {"fd_ratio": stat(2.1, 0.05), "recall_below": stat(0.01, 0.004),
                                         "precision_below": stat(0.13, 0.01)},

@@ -36,6 +36,16 @@ import pytest
 
 from vae import xla_flags
 
+# LLVM optimization level 2 for the programs the suite compiles, its subprocesses' included,
+# instead of XLA's default 3. The suite compiles hundreds of small programs, and level 3 compiles
+# each about 3x slower on the 2-core CPU; it runs the smoke models no faster (the smoke main job:
+# 50 s at level 3, 34 s at level 2), though it runs long elementwise programs faster (the
+# 256^3-colour sums of tests/models/test_losses.py: ~3x). The full suite's test time: 1,990 s at
+# level 3, 1,630 s at level 2. Float results change in their last bits; tests that compare
+# parallel paths allow for that (`assert_same_training`). A level the environment sets wins.
+SUITE_XLA_FLAG = "--xla_backend_optimization_level=2"
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAG}".strip()
 xla_flags.apply_cpu_defaults()  # as the entry points do (vae.cli.run), before JAX's backend starts
 
 
@@ -218,6 +228,22 @@ def assert_trees_equal(a, b):
 
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_same_training(a, b, rtol=2e-4, atol=2e-5):
+    """Parameter lists (or trees) of one run trained along two parallel paths (devices, processes):
+    the same sums in another order. Float32 rounding then differs in the last bits, and Adam
+    turns it into a visible step wherever a parameter's gradient is near zero, so single
+    entries may differ by more than an elementwise tolerance; a wrong parallel path moves whole
+    tensors. So each tensor's RMS difference must be within rtol of its RMS plus atol."""
+    import jax
+    import numpy as np
+
+    for i, (x, y) in enumerate(zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert x.shape == y.shape, (i, x.shape, y.shape)
+        rms_diff, rms = np.sqrt(np.mean((x - y) ** 2)), np.sqrt(np.mean(y ** 2))
+        assert rms_diff <= rtol * rms + atol, f"tensor {i} {x.shape}: RMS difference {rms_diff:.3g}, RMS {rms:.3g}"
 
 
 def without_timing(records):

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, mnist_config
+from tests.conftest import REPO, assert_same_training, mnist_config
 from vae import models
 from vae.train import optim, stages
 from vae.workdir import checkpoint
@@ -79,9 +79,8 @@ def sharded_results(tmp_path_factory, mnist_dir):
 def test_four_devices_give_the_parameters_of_one(sharded_results):
     assert sharded_results["devices"] == 4
     for name in ("four", "four_streamed"):
-        for x, y in zip(sharded_results["one"], sharded_results[name], strict=True):
-            # the same sums in another order: float32 rounding only, after 64 Adam steps
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-5)
+        one, other = ([np.asarray(x) for x in sharded_results[run]] for run in ("one", name))
+        assert_same_training(one, other)  # after 64 Adam steps
 
 
 @pytest.mark.slow  # its module fixture runs multi-device or multi-process training

@@ -8,10 +8,10 @@ Session fixtures train once and are shared read-only (tests that change a run co
   dvae_run       the smoke dVAE and a code PixelCNN fitted to draws of its posterior
 Real MNIST comes from ../shared; CLI helpers run train.py/sample.py as real subprocesses.
 
-Compiling is most of a smoke run's time on the CPU (about 60 of 80 s for smoke_workdir), and
-many tests compile the same programs: every process of the session, the workers and the
-subprocesses they launch, shares one persistent JAX compilation cache, a temporary directory
-removed when the session ends. Set JAX_COMPILATION_CACHE_DIR to keep one between sessions.
+Compiling is most of a smoke run's time on the CPU, and many tests compile the same programs:
+every process of the session, the workers and the subprocesses they launch, compiles at LLVM
+level 2 (SUITE_XLA_FLAG below) and shares one persistent JAX compilation cache, a temporary
+directory removed when the session ends. Set JAX_COMPILATION_CACHE_DIR to keep one between sessions.
 
 Two tiers: `python -m pytest -m "not slow"` for someone changing one module (no training run),
 and the whole suite. Every test that needs one of the session runs is marked slow here; a test
